@@ -1,0 +1,92 @@
+"""LoRA on top of the quantized base, nanoGPT style: one readable loop.
+
+The frozen base is `load_dequantized(quantized_dir)`: float tensors equal to the int4 weights
+that ship, so the adapter learns to correct the quantized model it will run with.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from ondevice.quantize import load_dequantized, pick_device
+from ondevice.text import collate, encode_example
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def lora_model(base, p: dict):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=p["r"], lora_alpha=p["alpha"], lora_dropout=p["dropout"],
+                        target_modules=list(p["target_modules"]), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(base, config)
+
+
+def batches(examples: list[dict], batch_size: int, seed: int):
+    """Endless shuffled epochs, reproducible from the seed."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield [examples[j] for j in order[i:i + batch_size]]
+
+
+def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -> tuple[object, list[dict], dict]:
+    """Train LoRA; return (peft model, per-step log, summary metrics)."""
+    set_seed(p["seed"])
+    device = pick_device(p["device"])
+    base = load_dequantized(quantized_dir)
+    if device == "cuda":
+        base = base.to(device=device, dtype=torch.bfloat16)
+    model = lora_model(base, p)
+    model.train()
+    examples = [encode_example(tokenizer, p["template"], r, p["seq_len"]) for r in train_rows]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=p["lr"], weight_decay=0.0)
+    warmup = max(1, p["max_steps"] // 10)
+
+    def lr_at(step):  # linear warm-up, cosine decay to 10 %
+        if step < warmup:
+            return p["lr"] * (step + 1) / warmup
+        progress = (step - warmup) / max(1, p["max_steps"] - warmup)
+        return p["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    history, t0 = [], time.perf_counter()
+    data = batches(examples, p["batch_size"], p["seed"])
+    bar = tqdm(range(p["max_steps"]), desc="LoRA", unit="step")
+    for step in bar:
+        batch = {k: v.to(device) for k, v in collate(next(data), pad).items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history.append({"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step)})
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log:
+            log(history[-1])
+    seconds = time.perf_counter() - t0
+    summary = {
+        "train_loss_first": history[0]["loss"],
+        "train_loss_last": round(sum(h["loss"] for h in history[-10:]) / len(history[-10:]), 5),
+        "steps": p["max_steps"],
+        "seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / p["max_steps"], 3),
+        "trainable_parameters": sum(q.numel() for q in trainable),
+        "device": device,
+    }
+    if device == "cuda":
+        summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return model, history, summary

@@ -1,0 +1,179 @@
+"""LoRA as graph inputs of the int4 ONNX model, and adapters as `.onnx_adapter` files.
+
+The builder fuses q/k/v into one MatMulNBits (and keeps gate/up/o/down separate). For every such
+node that a LoRA target touches we add  Y += (X @ A) @ B  where A = [in, R] and B = [R, out] are
+graph inputs: A concatenates the A matrices of all targeted projections that read X (one matmul
+for q and v together), B is block-structured so each projection's update lands in its own
+columns, and the LoRA scale alpha/r is folded into B. The inputs default to zero-size
+initializers (R = 0), so the same model runs with no adapter at almost no cost, and any adapter of
+any rank whose file names match these inputs can be loaded and swapped at run time.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+NODE_RE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMulNBits$")
+# projection name in the ONNX graph -> the HF projections it is made of, in column order
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+@dataclass
+class Target:
+    layer: int
+    node: str  # ONNX projection name, e.g. qkv_proj
+    members: tuple[str, ...]  # HF projections fused into it
+    in_features: int
+    out_features: int
+
+    @property
+    def prefix(self) -> str:
+        block = "attn" if self.node in ("qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        return f"model.layers.{self.layer}.{block}.{self.node}"
+
+    @property
+    def input_a(self) -> str:
+        return f"{self.prefix}.lora_A"
+
+    @property
+    def input_b(self) -> str:
+        return f"{self.prefix}.lora_B"
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def find_targets(model: onnx.ModelProto, target_modules: list[str]) -> list[Target]:
+    found = []
+    for node in model.graph.node:
+        m = NODE_RE.match(node.name)
+        if node.op_type != "MatMulNBits" or not m:
+            continue
+        layer, _, proj = int(m.group(1)), m.group(2), m.group(3)
+        members = FUSED.get(proj, (proj,))
+        if any(t in members for t in target_modules):
+            a = _attrs(node)
+            found.append(Target(layer, proj, members, a["K"], a["N"]))
+    return found
+
+
+def add_lora_inputs(model: onnx.ModelProto, target_modules: list[str]) -> list[Target]:
+    """Rewrite the graph in place; returns the targets (what an adapter file must provide)."""
+    graph = model.graph
+    targets = {(t.layer, t.node): t for t in find_targets(model, target_modules)}
+    if not targets:
+        raise ValueError(f"no MatMulNBits node matches LoRA targets {target_modules}")
+    dtype = next(o.type.tensor_type.elem_type for o in graph.output if o.name == "logits")
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    new_nodes = []
+    for node in graph.node:
+        new_nodes.append(node)
+        m = NODE_RE.match(node.name)
+        if node.op_type != "MatMulNBits" or not m or (int(m.group(1)), m.group(3)) not in targets:
+            continue
+        t = targets[(int(m.group(1)), m.group(3))]
+        x, y = node.input[0], node.output[0]
+        base = f"/model/layers.{t.layer}/{t.prefix.split('.')[-2]}/{t.node}/lora"
+        y_base = f"{y}/before_lora"
+        node.output[0] = y_base
+        new_nodes += [
+            helper.make_node("MatMul", [x, t.input_a], [f"{base}/xa"], name=f"{base}/MatMul_A"),
+            helper.make_node("MatMul", [f"{base}/xa", t.input_b], [f"{base}/delta"], name=f"{base}/MatMul_B"),
+            helper.make_node("Add", [y_base, f"{base}/delta"], [y], name=f"{base}/Add"),
+        ]
+        rank = f"lora_rank_{t.layer}_{t.node}"
+        graph.input.append(helper.make_tensor_value_info(t.input_a, dtype, [t.in_features, rank]))
+        graph.input.append(helper.make_tensor_value_info(t.input_b, dtype, [rank, t.out_features]))
+        graph.initializer.append(numpy_helper.from_array(np.zeros((t.in_features, 0), np_dtype), t.input_a))
+        graph.initializer.append(numpy_helper.from_array(np.zeros((0, t.out_features), np_dtype), t.input_b))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return list(targets.values())
+
+
+def column_slices(config, members: tuple[str, ...]) -> dict[str, slice]:
+    """Where each HF projection's outputs sit inside a fused ONNX projection."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", config.num_attention_heads)
+    sizes = {"q_proj": config.num_attention_heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim,
+             "gate_proj": config.intermediate_size, "up_proj": config.intermediate_size}
+    out, start = {}, 0
+    for name in members:
+        size = sizes.get(name)
+        if size is None:  # unfused projection: the whole output
+            return {name: slice(None)}
+        out[name] = slice(start, start + size)
+        start += size
+    return out
+
+
+def adapter_arrays(peft_state: dict, lora_scale: float, targets: list[Target], config, dtype=np.float32) -> dict:
+    """Turn peft's lora_A/lora_B tensors into the fused A [in, R] and block B [R, out] per target."""
+    arrays = {}
+    for t in targets:
+        slices = column_slices(config, t.members)
+        a_parts, b_rows = [], []
+        for name in t.members:
+            key = next((k for k in peft_state if re.search(rf"layers\.{t.layer}\.\w+\.{name}\.lora_A\.", k)), None)
+            if key is None:
+                continue
+            a = peft_state[key].float().numpy()  # [r, in]
+            b = peft_state[key.replace("lora_A", "lora_B")].float().numpy()  # [out_p, r]
+            block = np.zeros((a.shape[0], t.out_features), np.float32)
+            block[:, slices[name]] = b.T * lora_scale
+            a_parts.append(a.T)
+            b_rows.append(block)
+        if not a_parts:  # a fused node where this adapter trains none of the members
+            arrays[t.input_a] = np.zeros((t.in_features, 0), dtype)
+            arrays[t.input_b] = np.zeros((0, t.out_features), dtype)
+            continue
+        arrays[t.input_a] = np.ascontiguousarray(np.concatenate(a_parts, 1).astype(dtype))
+        arrays[t.input_b] = np.ascontiguousarray(np.concatenate(b_rows, 0).astype(dtype))
+    return arrays
+
+
+def write_adapter(path: Path, arrays: dict) -> None:
+    import onnxruntime as ort
+
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()})
+    fmt.export_adapter(str(path))
+
+
+def read_adapter(path: Path) -> dict:
+    import onnxruntime as ort
+
+    fmt = ort.AdapterFormat.read_adapter(str(path))
+    return {k: v.numpy() for k, v in fmt.get_parameters().items()}
+
+
+def check_adapter_matches(model_path: Path, arrays: dict) -> None:
+    """Fail loudly if an adapter names an input the model lacks or has a wrong fixed dimension."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    inputs = {i.name: i for i in model.graph.input}
+    for name, arr in arrays.items():
+        if name not in inputs:
+            raise ValueError(f"adapter parameter {name} is not an input of {model_path}")
+        dims = inputs[name].type.tensor_type.shape.dim
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value != arr.shape[axis]:
+                raise ValueError(f"adapter parameter {name} has shape {arr.shape}; model expects dim {axis} = "
+                                 f"{d.dim_value}")
+    missing = [n for n in inputs if n.endswith((".lora_A", ".lora_B")) and n not in arrays]
+    if missing:
+        raise ValueError(f"adapter lacks {len(missing)} LoRA inputs of the model, e.g. {missing[0]}")
+
+
+def lora_inputs(model: onnx.ModelProto) -> list[str]:
+    return [i.name for i in model.graph.input if i.name.endswith((".lora_A", ".lora_B"))]
+
+
+TensorProto  # re-exported for callers building inputs of the right dtype

@@ -1,0 +1,143 @@
+"""params.yaml: load it and check it against a schema before any heavy work.
+
+The schema is plain data: for each key its type and, where it matters, its allowed values or range.
+A bad value fails with one line naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ondevice.atomic import UserError
+
+ALGORITHMS = ("awq", "rtn", "gptq")
+DEVICES = ("auto", "cpu", "cuda")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# key -> (type, constraint). constraint: tuple of allowed values, (lo, hi) range via dict, or None.
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "model": {"source": (str, None)},
+    "data": {"path": (str, None), "eval_fraction": (float, {"min": 0.01, "max": 0.9}), "seed": (int, {"min": 0})},
+    "quantize": {
+        "algorithm": (str, ALGORITHMS),
+        "bits": (int, (4,)),
+        "group_size": (int, (16, 32, 64, 128, 256)),
+        "symmetric": (bool, None),
+        "calibration_samples": (int, {"min": 1, "max": 4096}),
+        "calibration_seq_len": (int, {"min": 16, "max": 8192}),
+        "awq_grid": (int, {"min": 2, "max": 100}),
+        "awq_clip": (bool, None),
+        "device": (str, DEVICES),
+    },
+    "finetune": {
+        "r": (int, {"min": 1, "max": 512}),
+        "alpha": (float, {"min": 0.0}),
+        "dropout": (float, {"min": 0.0, "max": 0.9}),
+        "target_modules": (list, LORA_TARGETS),
+        "lr": (float, {"min": 1e-7, "max": 1.0}),
+        "max_steps": (int, {"min": 1}),
+        "batch_size": (int, {"min": 1, "max": 1024}),
+        "seq_len": (int, {"min": 16}),
+        "seed": (int, {"min": 0}),
+        "template": (str, None),
+        "device": (str, DEVICES),
+    },
+    "optimize": {
+        "device": (str, ("cpu", "cuda")),
+        "provider": (str, ("cpu", "cuda")),
+        "precision": (str, ("int4",)),
+        "int4_block_size": (int, (16, 32, 64, 128, 256)),
+        "int4_accuracy_level": (int, (0, 1, 2, 3, 4)),
+        "adapter_name": (str, None),
+    },
+    "evaluate": {
+        "max_rows": (int, {"min": 1}),
+        "generate_rows": (int, {"min": 0}),
+        "max_new_tokens": (int, {"min": 1, "max": 4096}),
+    },
+    "benchmark": {
+        "prompt_tokens": (int, {"min": 1, "max": 8192}),
+        "new_tokens": (int, {"min": 1, "max": 8192}),
+        "runs": (int, {"min": 1, "max": 100}),
+        "warmup": (int, {"min": 0, "max": 20}),
+        "threads": (int, {"min": 0, "max": 256}),
+        "torch_baseline": (bool, None),
+    },
+    "register": {"name": (str, None), "version": (int, {"min": 1}), "description": (str, None)},
+}
+
+
+def _check(section: str, key: str, value, typ, constraint) -> None:
+    where = f"params.yaml: {section}.{key}={value!r}"
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+        raise UserError(f"{where} has type {type(value).__name__}; expected {typ.__name__}")
+    if isinstance(constraint, tuple):
+        values = value if isinstance(value, list) else [value]
+        if typ is list and not values:
+            raise UserError(f"{where} is empty; allowed: {', '.join(map(str, constraint))}")
+        for v in values:
+            if v not in constraint:
+                raise UserError(f"{where} is not allowed; allowed: {', '.join(map(str, constraint))}")
+    elif isinstance(constraint, dict):
+        if "min" in constraint and value < constraint["min"]:
+            raise UserError(f"{where} is below the minimum {constraint['min']}")
+        if "max" in constraint and value > constraint["max"]:
+            raise UserError(f"{where} is above the maximum {constraint['max']}")
+
+
+def validate(params: dict) -> dict:
+    if not isinstance(params, dict):
+        raise UserError("params.yaml: top level must be a mapping of sections")
+    for section in params:
+        if section not in SCHEMA:
+            raise UserError(f"params.yaml: unknown section {section!r}; known: {', '.join(SCHEMA)}")
+    for section, keys in SCHEMA.items():
+        given = params.get(section)
+        if not isinstance(given, dict):
+            raise UserError(f"params.yaml: section {section!r} is missing or not a mapping")
+        for key in given:
+            if key not in keys:
+                raise UserError(f"params.yaml: unknown key {section}.{key}; known: {', '.join(keys)}")
+        for key, (typ, constraint) in keys.items():
+            if key not in given:
+                raise UserError(f"params.yaml: missing key {section}.{key}")
+            _check(section, key, given[key], typ, constraint)
+    template = params["finetune"]["template"]
+    if template != "chat" and ("{prompt}" not in template or "{response}" not in template):
+        raise UserError(
+            f"params.yaml: finetune.template={template!r} lacks a placeholder; "
+            "use 'chat' or a string containing both {prompt} and {response}"
+        )
+    return params
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} not found; run from the repository root or pass --params")
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return validate(params)
+
+
+def check_model_fit(params: dict, config) -> None:
+    """Checks that need the model's config: group size divides the matrices, seq_len fits the context."""
+    gs = params["quantize"]["group_size"]
+    for name in ("hidden_size", "intermediate_size"):
+        size = getattr(config, name, None)
+        if size and size % gs:
+            divisors = [g for g in (16, 32, 64, 128, 256) if size % g == 0 and config.hidden_size % g == 0]
+            raise UserError(
+                f"params.yaml: quantize.group_size={gs} does not divide the model's {name}={size}; "
+                f"use one of {divisors}"
+            )
+    ctx = getattr(config, "max_position_embeddings", None)
+    for key in ("finetune.seq_len", "quantize.calibration_seq_len"):
+        section, k = key.split(".")
+        if ctx and params[section][k] > ctx:
+            raise UserError(f"params.yaml: {key}={params[section][k]} exceeds the model's context {ctx}")

@@ -1,0 +1,194 @@
+"""The quantize step: float HF folder -> Olive `olive`-format 4-bit checkpoint.
+
+rtn and gptq run Olive's own passes through its Python API (`olive.run`); awq runs our AWQ
+(ondevice.quantize.awq) on Olive's layer-wise utilities and writes with Olive's `finalize`.
+Whatever the algorithm, the tied embedding / lm_head is rounded here too (RTN, same grid as the
+ONNX builder uses for it), so the checkpoint holds every weight exactly as it will ship.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from ondevice.text import render
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from ondevice.atomic import UserError
+
+        raise UserError("device=cuda but torch sees no CUDA GPU; set device: auto or cpu")
+    return device
+
+
+def calibration_ids(tokenizer, template: str, train_rows: list[dict], samples: int, seq_len: int,
+                    seed: int = 0) -> torch.Tensor:
+    """Pack `samples` train rows (rendered as the model will see them) into [n, seq_len] blocks."""
+    rows = list(train_rows)
+    random.Random(seed).shuffle(rows)
+    stream: list[int] = []
+    for row in rows[:samples]:
+        prompt, completion = render(tokenizer, template, row["prompt"], row["response"])
+        stream += tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+    n = max(1, len(stream) // seq_len)
+    if len(stream) < seq_len:  # tiny data: one short block
+        return torch.tensor([stream])
+    return torch.tensor(stream[: n * seq_len]).reshape(n, seq_len)
+
+
+def _olive_pass(float_dir: Path, out_dir: Path, pass_config: dict, work: Path) -> Path:
+    from olive import run
+
+    out = run({
+        "input_model": {"type": "HfModel", "model_path": str(float_dir)},
+        "passes": {"q": pass_config},
+        "output_dir": str(work / "olive_out"),
+        "cache_dir": str(work / "olive_cache"),
+        "log_severity_level": 3,
+    })
+    if not out.has_output_model():
+        raise RuntimeError(f"Olive pass {pass_config['type']} produced no model")
+    return Path(out.get_best_candidate().model_path)
+
+
+def _write_calibration_json(path: Path, ids: torch.Tensor) -> None:
+    path.write_text(json.dumps(ids.tolist()))
+
+
+def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work: Path) -> dict:
+    """Quantize float_dir into out_dir (an empty dir) with params `q`; return metrics."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    device = pick_device(q["device"])
+    algo = q["algorithm"]
+    if algo == "rtn":
+        produced = _olive_pass(float_dir, out_dir, {"type": "Rtn", "bits": q["bits"], "group_size": q["group_size"],
+                                                    "sym": q["symmetric"]}, work)
+    elif algo == "gptq":
+        calib_file = work / "calibration.json"
+        _write_calibration_json(calib_file, calib)
+        produced = _olive_pass(float_dir, out_dir, {
+            "type": "Gptq", "bits": q["bits"], "group_size": q["group_size"], "sym": q["symmetric"],
+            "data_config": {
+                "name": "travel_calibration",
+                "type": "DataContainer",
+                "user_script": str(Path(__file__).with_name("olive_data.py")),
+                "load_dataset_config": {"type": "token_blocks", "path": str(calib_file)},
+                "pre_process_data_config": {"type": "identity_pre_process"},
+                "dataloader_config": {"batch_size": 1},
+            },
+        }, work)
+    elif algo == "awq":
+        from olive.common.quant.hf_utils import OliveHfQuantizationConfig
+        from olive.model import HfModelHandler
+        from olive.passes.pytorch.quant_utils import finalize
+
+        from ondevice.quantize.awq import awq
+
+        model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
+        if device == "cuda":
+            model = model.to(torch.bfloat16)  # GPU path: bf16 activations, fp32 statistics
+        wrapper = awq(model, calib, {"bits": q["bits"], "group_size": q["group_size"], "symmetric": q["symmetric"],
+                                     "grid": q["awq_grid"], "clip": q["awq_clip"]}, device=device)
+        wrapper.model.to(torch.float32)
+        qcfg = OliveHfQuantizationConfig(bits=q["bits"], symmetric=q["symmetric"], group_size=q["group_size"],
+                                         lm_head=False, embeds=False, overrides={})
+        produced = work / "awq_model"
+        finalize(HfModelHandler(model_path=str(float_dir)), str(produced), wrapper, qcfg, device)
+    else:
+        raise ValueError(algo)
+    seconds = time.perf_counter() - t0
+
+    for item in produced.iterdir():
+        if item.is_file():
+            shutil.copy2(item, out_dir / item.name)
+    from ondevice.model_source import copy_tokenizer
+
+    copy_tokenizer(float_dir, out_dir)
+    round_head(out_dir, q["bits"], q["group_size"], q["symmetric"])
+    config = json.loads((out_dir / "config.json").read_text())
+    config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return {"algorithm": algo, "seconds": round(seconds, 2), "device": device,
+            "calibration_tokens": int(calib.numel()), "bits": q["bits"], "group_size": q["group_size"]}
+
+
+def round_head(folder: Path, bits: int, group_size: int, symmetric: bool) -> None:
+    """Put the float (tied) embedding / lm_head on the int4 grid the ONNX builder will use for it.
+
+    The builder quantizes tensors the checkpoint left in float with plain RTN at `block_size`; a
+    weight already on that grid re-quantizes to itself, so training, evaluation and the shipped
+    model all see one and the same head.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from olive.common.quant.utils import WeightQuantizer
+
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    quantizer = WeightQuantizer(bits=bits, symmetric=symmetric, group_size=group_size)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in tensors and tensors[name].shape[1] % group_size == 0:
+            tensors[name] = quantizer.fake_quantize(tensors[name].float()).contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+@torch.no_grad()
+def load_dequantized(folder: str | Path, dtype=torch.float32):
+    """The quantized checkpoint as a plain float model whose weights are exactly dequant(q).
+
+    peft cannot wrap Olive's QuantLinear, so training uses this view: the frozen base weights are
+    the same numbers the int4 ONNX model multiplies with.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from olive.common.quant.utils import WeightQuantizer, unpack_from_uint8
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    qc = config.quantization_config
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    delattr(config, "quantization_config")
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    state = {}
+    for name, t in tensors.items():
+        if name.endswith(".qweight"):
+            base = name[: -len(".qweight")]
+            over = (qc.get("overrides") or {}).get(base, {}) or {}
+            bits, gs = over.get("bits", qc["bits"]), over.get("group_size", qc["group_size"])
+            sym = over.get("symmetric", qc["symmetric"])
+            scales = tensors[base + ".scales"]
+            rows, groups = scales.shape
+            cols = t.shape[1] * 8 // bits
+            q = unpack_from_uint8(t, bits, (rows, cols))
+            quantizer = WeightQuantizer(bits=bits, symmetric=sym, group_size=gs)
+            if base + ".qzeros" in tensors:
+                zp = unpack_from_uint8(tensors[base + ".qzeros"], bits, (rows, groups))
+            else:
+                zp = torch.full((rows, groups), quantizer.midq, dtype=torch.int32)
+            state[base + ".weight"] = quantizer.dequantize(q, scales.float(), zp).to(dtype)
+        elif name.endswith((".scales", ".qzeros")):
+            continue
+        else:
+            state[name] = t.to(dtype) if t.is_floating_point() else t
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.eval()
+    return model

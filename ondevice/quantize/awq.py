@@ -1,0 +1,245 @@
+"""AWQ: activation-aware weight quantization (Lin et al., arXiv 2306.00978), layer by layer.
+
+For each decoder layer, with the float activations of calibration text from the train split:
+  1. per input channel, the mean |activation| says which channels are salient;
+  2. for each group of linears that read the same input, search s = mean|x|^a over a grid of a,
+     quantize W*s, and keep the s that minimises the error of the group's output;
+  3. fold 1/s into the op that produces the input (RMSNorm weight, v_proj rows, up_proj rows),
+     so the float model is unchanged and only the rounding sees the scaled weights;
+  4. optionally search a per-group clipping of the weight range (not for q/k, as in the paper);
+  5. record scales/zero points on each linear; Olive's `finalize` packs them into its `olive`
+     format, which the finetune stage dequantizes and the ONNX builder repacks bit for bit.
+
+Built on Olive's layer-wise utilities (ModelWrapper to find norms/projections for Llama, Phi-3,
+Mistral, Qwen..., WeightQuantizer, QuantInfo, finalize) so the output is Olive's own format.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from olive.common.hf.wrapper import ModelWrapper
+from olive.common.quant.utils import WeightQuantizer
+from olive.passes.pytorch.quant_utils import QuantInfo
+
+logger = logging.getLogger(__name__)
+
+# Config of this pass, declared beside it (mirrors params.yaml `quantize:`).
+DEFAULTS = {"bits": 4, "group_size": 32, "symmetric": False, "grid": 20, "clip": True,
+            "clip_grid": 20, "clip_max_shrink": 0.5}
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_first_layer_inputs(wrapper: ModelWrapper, input_ids: torch.Tensor, device: str):
+    """Run the embeddings once and catch what the first decoder layer receives."""
+    captured = {}
+    layer0 = wrapper.get_layers(return_name=False)[0]
+
+    def hook(_, args, kwargs):
+        if "hidden_states" in kwargs:
+            captured["hidden"], captured["args"] = kwargs.pop("hidden_states"), args
+        else:
+            captured["hidden"], captured["args"] = args[0], args[1:]
+        captured["kwargs"] = kwargs
+        raise _StopForward
+
+    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        wrapper.model(input_ids=input_ids.to(device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    kwargs = {k: v for k, v in captured["kwargs"].items() if k not in ("past_key_values", "past_key_value", "use_cache")}
+    return captured["hidden"], captured["args"], kwargs
+
+
+def _fake_quant(w: torch.Tensor, quantizer: WeightQuantizer) -> torch.Tensor:
+    return quantizer.fake_quantize(w.float())
+
+
+def output_error(w_q: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> float:
+    """Mean squared output error of x @ w_q.T vs x @ w.T over the calibration tokens, via the
+    Gram matrix H = X^T X / n:  trace(D H D^T) with D = w_q - w. Exact, and independent of n."""
+    d = (w_q - w.float())
+    return (d @ gram * d).sum().item()
+
+
+@torch.no_grad()
+def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer: WeightQuantizer, grid: int,
+                 x_stat: torch.Tensor, expand=None) -> torch.Tensor:
+    """Grid-search the AWQ exponent a in s = x_stat^a for one group of linears sharing an input.
+
+    x_stat: per-channel mean |activation|; expand maps a scale vector onto the linears' input
+    channels (GQA v->o, where one v channel feeds several query heads).
+    """
+    expand = expand or (lambda s: s)
+    weights = [lin.weight.data.float() for lin in linears]
+    best = (float("inf"), None)
+    for i in range(grid):
+        s = x_stat.pow(i / grid).clamp(min=1e-4)
+        s = s / (s.max() * s.min()).sqrt()
+        s_in = expand(s)
+        err = sum(output_error(_fake_quant(w * s_in, quantizer) / s_in, w, gram) for w in weights)
+        if err < best[0]:
+            best = (err, s.clone())
+    return best[1]
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, gram: torch.Tensor, quantizer: WeightQuantizer, grid: int,
+                max_shrink: float) -> torch.Tensor:
+    """Per output row and group, the clipping of the weight range with the least output error of
+    that group's partial product (AWQ's objective), computed from the Gram matrix's diagonal blocks."""
+    gs = quantizer.group_size
+    out_f, in_f = w.shape
+    groups = in_f // gs
+    idx = torch.arange(groups, device=w.device)
+    blocks = gram.reshape(groups, gs, groups, gs)[idx, :, idx, :]  # G, gs, gs
+    wg = w.float().reshape(out_f, groups, gs)
+    org_max = wg.abs().amax(-1, keepdim=True)  # O, G, 1
+    best_err = torch.full((out_f, groups), float("inf"), device=w.device)
+    best_max = org_max.clone()
+    for i in range(int(max_shrink * grid)):
+        max_val = org_max * (1 - i / grid)
+        cur = torch.clamp(wg, -max_val, max_val)
+        d = quantizer.fake_quantize(cur.reshape(out_f, in_f)).reshape(out_f, groups, gs) - wg
+        err = torch.einsum("ogk,gkl,ogl->og", d, blocks, d)
+        better = err < best_err
+        best_err[better] = err[better]
+        best_max[better] = max_val[better]
+    return best_max
+
+
+def _apply_clip(lin: nn.Linear, max_val: torch.Tensor, gs: int) -> None:
+    w = lin.weight.data
+    shaped = w.reshape(w.shape[0], -1, gs)
+    lin.weight.data = torch.clamp(shaped, -max_val.to(w.dtype), max_val.to(w.dtype)).reshape(w.shape)
+
+
+def _kv_expand(num_heads: int, num_kv: int, head_dim: int):
+    """Map a scale over v_proj's outputs (kv heads) onto o_proj's inputs (query heads)."""
+    rep = num_heads // num_kv
+
+    def expand(s):
+        return s.reshape(num_kv, 1, head_dim).expand(num_kv, rep, head_dim).reshape(-1)
+
+    def reduce(stat):
+        return stat.reshape(num_kv, rep, head_dim).mean(1).reshape(-1)
+
+    return expand, reduce
+
+
+@torch.no_grad()
+def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuantizer, heads: tuple[int, int, int]):
+    """Scale, fold, clip and record quant params for one decoder layer.
+
+    stats[linear] = (gram, mean_abs) of that linear's input over the calibration tokens.
+    """
+    num_heads, num_kv, head_dim = heads
+    attn_in = layer_wrapper.get_attention_inputs(return_name=False)
+    (attn_out,) = layer_wrapper.get_attention_outputs(return_name=False)
+    mlp_in = layer_wrapper.get_mlp_inputs(return_name=False)
+    (mlp_out,) = layer_wrapper.get_mlp_outputs(return_name=False)
+    norm1 = layer_wrapper.get_first_layer_norm(return_name=False)
+    norm2 = layer_wrapper.get_second_layer_norm(return_name=False)
+    grid = cfg["grid"]
+    grams = {}
+
+    def rescaled(gram, s_in):  # the input after folding is x / s: H -> diag(1/s) H diag(1/s)
+        inv = 1.0 / s_in
+        return gram * inv[:, None] * inv[None, :]
+
+    def fold_into_norm(norm, linears, s):
+        norm.weight.data /= s.to(norm.weight.dtype)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.data /= s.to(norm.bias.dtype)
+        for lin in linears:
+            lin.weight.data *= s.to(lin.weight.dtype)
+
+    # q/k/v (or fused qkv) read the first norm's output.
+    gram, stat = stats[attn_in[0]]
+    s = search_scale(gram, attn_in, quantizer, grid, stat)
+    fold_into_norm(norm1, attn_in, s)
+    for lin in attn_in:
+        grams[lin] = rescaled(gram, s)
+
+    # v -> o: only when v_proj is its own linear; GQA handled by expanding kv scales over heads.
+    gram, stat = stats[attn_out]
+    if len(attn_in) == 3 and attn_in[2].out_features * (num_heads // num_kv) == attn_out.in_features:
+        v_proj = attn_in[2]
+        expand, reduce = _kv_expand(num_heads, num_kv, head_dim)
+        s = search_scale(gram, [attn_out], quantizer, grid, reduce(stat), expand=expand)
+        v_proj.weight.data /= s.to(v_proj.weight.dtype).unsqueeze(1)
+        if v_proj.bias is not None:
+            v_proj.bias.data /= s.to(v_proj.bias.dtype)
+        attn_out.weight.data *= expand(s).to(attn_out.weight.dtype)
+        gram = rescaled(gram, expand(s))
+    grams[attn_out] = gram
+
+    # gate/up (or fused gate_up) read the second norm's output.
+    gram, stat = stats[mlp_in[0]]
+    s = search_scale(gram, mlp_in, quantizer, grid, stat)
+    fold_into_norm(norm2, mlp_in, s)
+    for lin in mlp_in:
+        grams[lin] = rescaled(gram, s)
+
+    # up -> down: up_proj's rows (or the up half of a fused gate_up_proj) produce down's input.
+    gram, stat = stats[mlp_out]
+    s = search_scale(gram, [mlp_out], quantizer, grid, stat)
+    up = mlp_in[-1]
+    rows = slice(up.out_features - mlp_out.in_features, up.out_features)
+    up.weight.data[rows] /= s.to(up.weight.dtype).unsqueeze(1)
+    if up.bias is not None:
+        up.bias.data[rows] /= s.to(up.bias.dtype)
+    mlp_out.weight.data *= s.to(mlp_out.weight.dtype)
+    grams[mlp_out] = rescaled(gram, s)
+
+    no_clip = set(attn_in[:2]) if len(attn_in) == 3 else set()  # q/k: clipping hurts attention scores
+    for lin in [*attn_in, attn_out, *mlp_in, mlp_out]:
+        if cfg["clip"] and lin not in no_clip:
+            max_val = search_clip(lin.weight.data, grams[lin], quantizer, cfg["clip_grid"], cfg["clip_max_shrink"])
+            _apply_clip(lin, max_val, quantizer.group_size)
+        scales, zero_points = quantizer.find_qparams(lin.weight.data.float())
+        lin.quant_info = QuantInfo(quantizer=quantizer, scales=scales, zero_points=zero_points)
+
+
+@torch.no_grad()
+def awq(model, input_ids: torch.Tensor, cfg: dict, device: str = "cpu") -> ModelWrapper:
+    """Run AWQ over all decoder layers in place; returns the Olive wrapper with quant_info attached."""
+    cfg = {**DEFAULTS, **cfg}
+    quantizer = WeightQuantizer(bits=cfg["bits"], symmetric=cfg["symmetric"], group_size=cfg["group_size"])
+    model.eval()
+    wrapper = ModelWrapper.from_model(model)
+    heads = (wrapper.num_attention_heads, wrapper.num_key_value_heads, wrapper.head_dim)
+    for module in wrapper.get_embeds(return_name=False):
+        module.to(device)
+    if rotary := wrapper.get_rotary_embed(return_name=False):
+        rotary.to(device)
+    hidden, args, kwargs = capture_first_layer_inputs(wrapper, input_ids, device)
+
+    for layer_wrapper in tqdm(wrapper.get_layer_wrappers(), desc="AWQ layers"):
+        layer = layer_wrapper.layer.to(device)
+        stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(mod, inp, _out):  # Gram matrix and mean |x| of each linear's input, in fp32
+            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+            stats[mod] = (x.T @ x / x.shape[0], x.abs().mean(0))
+
+        handles = [m.register_forward_hook(record) for m in layer.modules() if isinstance(m, nn.Linear)]
+        out = layer(hidden, *args, **kwargs)
+        for h in handles:
+            h.remove()
+        # Float outputs are unchanged by scaling, so the next layer's inputs come from this pass.
+        hidden = out[0] if isinstance(out, tuple) else out
+        quantize_layer(layer_wrapper, cfg, stats, quantizer, heads)
+        layer.to("cpu")
+        del stats
+    return wrapper
