@@ -61,8 +61,11 @@ def _write_calibration_json(path: Path, ids: torch.Tensor) -> None:
     path.write_text(json.dumps(ids.tolist()))
 
 
-def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work: Path) -> dict:
-    """Quantize float_dir into out_dir (an empty dir) with params `q`; return metrics."""
+def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work: Path, head_block_size: int) -> dict:
+    """Quantize float_dir into out_dir (an empty dir) with params `q`; return metrics.
+
+    head_block_size: the ONNX int4 block size the optimize stage will use for the head.
+    """
     import shutil
 
     from transformers import AutoModelForCausalLM
@@ -114,7 +117,7 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     from ondevice.model_source import copy_tokenizer
 
     copy_tokenizer(float_dir, out_dir)
-    round_head(out_dir, q["bits"], q["group_size"], q["symmetric"])
+    round_head(out_dir, head_block_size)
     config = json.loads((out_dir / "config.json").read_text())
     config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -122,23 +125,38 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
             "calibration_tokens": int(calib.numel()), "bits": q["bits"], "group_size": q["group_size"]}
 
 
-def round_head(folder: Path, bits: int, group_size: int, symmetric: bool) -> None:
-    """Put the float (tied) embedding / lm_head on the int4 grid the ONNX builder will use for it.
+def ort_int4_fake_quant(weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Round a [out, in] weight exactly as onnxruntime's MatMulNBits quantizer does (symmetric int4,
+    the builder's default for tensors it quantizes itself) and return the dequantized floats."""
+    import numpy as np
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
-    The builder quantizes tensors the checkpoint left in float with plain RTN at `block_size`; a
-    weight already on that grid re-quantizes to itself, so training, evaluation and the shipped
-    model all see one and the same head.
+    w = np.ascontiguousarray(weight.float().numpy().T)  # [K, N] as the quantizer expects
+    k, n = w.shape
+    blocks = (k + block_size - 1) // block_size
+    packed = np.zeros((n, blocks, block_size // 2), dtype=np.uint8)
+    scales = np.zeros((n, blocks), dtype=np.float32)
+    zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
+    quantize_matmul_4bits(packed, w, scales, zero_points, block_size, n, k, True)
+    q = np.stack([packed & 15, packed >> 4], -1).reshape(n, blocks, block_size).astype(np.float32)
+    deq = (q - 8.0) * scales[:, :, None]
+    return torch.from_numpy(deq.reshape(n, blocks * block_size)[:, :k].copy())
+
+
+def round_head(folder: Path, block_size: int) -> None:
+    """Put the float (tied) embedding / lm_head on the int4 grid the ONNX builder will give it.
+
+    The builder quantizes what the checkpoint left in float (the head) with onnxruntime's RTN at
+    `block_size`; a weight already on that grid re-quantizes to itself, so training, evaluation
+    and the shipped model all see one and the same head (and the tied int4 embedding).
     """
     from safetensors.torch import load_file, save_file
 
-    from olive.common.quant.utils import WeightQuantizer
-
     path = folder / "model.safetensors"
     tensors = load_file(path)
-    quantizer = WeightQuantizer(bits=bits, symmetric=symmetric, group_size=group_size)
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        if name in tensors and tensors[name].shape[1] % group_size == 0:
-            tensors[name] = quantizer.fake_quantize(tensors[name].float()).contiguous()
+        if name in tensors and tensors[name].shape[1] % block_size == 0:
+            tensors[name] = ort_int4_fake_quant(tensors[name], block_size).contiguous()
     save_file(tensors, path, metadata={"format": "pt"})
 
 

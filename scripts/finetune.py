@@ -1,0 +1,40 @@
+"""Stage `finetune`: LoRA on the quantized base; loss per step as a DVC plot."""
+import csv
+import io
+
+import click
+from transformers import AutoTokenizer
+
+from ondevice import params as P
+from ondevice.atomic import atomic_dir, write_json, write_text
+from ondevice.cli import params_option, stage
+from ondevice.data import read_jsonl
+from ondevice.finetune import train
+
+
+@click.command()
+@params_option
+@click.option("--quantized", default="models/quantized", show_default=True)
+@click.option("--train", "train_path", default="data/prepared/train.jsonl", show_default=True)
+@click.option("--out", default="models/adapter", show_default=True)
+@click.option("--metrics", default="metrics/finetune.json", show_default=True)
+@click.option("--plot", default="plots/train_loss.csv", show_default=True)
+@stage
+def main(params_path, quantized, train_path, out, metrics, plot):
+    f = P.load(params_path)["finetune"]
+    tokenizer = AutoTokenizer.from_pretrained(quantized)
+    model, history, summary = train(quantized, tokenizer, read_jsonl(train_path), f)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"])
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(plot, buf.getvalue())
+    write_json(metrics, summary)
+    click.echo(f"LoRA r={f['r']}: loss {summary['train_loss_first']} -> {summary['train_loss_last']} "
+               f"in {summary['seconds']} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()

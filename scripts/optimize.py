@@ -1,0 +1,33 @@
+"""Stage `optimize`: int4 ONNX model for onnxruntime-genai + the adapter as a .onnx_adapter file."""
+import tempfile
+from pathlib import Path
+
+import click
+
+from ondevice import params as P
+from ondevice.atomic import UserError, atomic_dir, write_json
+from ondevice.cli import params_option, stage
+from ondevice.export import optimize
+
+
+@click.command()
+@params_option
+@click.option("--quantized", default="models/quantized", show_default=True)
+@click.option("--adapter", default="models/adapter", show_default=True)
+@click.option("--out", default="models/onnx", show_default=True)
+@click.option("--metrics", default="metrics/optimize.json", show_default=True)
+@stage
+def main(params_path, quantized, adapter, out, metrics):
+    params = P.load(params_path)
+    o = params["optimize"]
+    if o["provider"] != o["device"]:
+        raise UserError(f"params.yaml: optimize.provider={o['provider']} differs from optimize.device={o['device']}; "
+                        "set both to cpu or both to cuda")
+    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
+        result = optimize(Path(quantized), Path(adapter), tmp, o, Path(work))
+    write_json(metrics, result)
+    click.echo(f"int4 ONNX {result['model_mb']} MB + adapter {result['adapter_mb']} MB -> {out}")
+
+
+if __name__ == "__main__":
+    main()

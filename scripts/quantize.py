@@ -1,0 +1,36 @@
+"""Stage `quantize`: 4-bit weight-only quantization (AWQ, or Olive's RTN/GPTQ) in Olive's format."""
+import tempfile
+from pathlib import Path
+
+import click
+from transformers import AutoConfig, AutoTokenizer
+
+from ondevice import params as P
+from ondevice.atomic import atomic_dir, write_json
+from ondevice.cli import params_option, stage
+from ondevice.data import read_jsonl
+from ondevice.quantize import calibration_ids, quantize
+
+
+@click.command()
+@params_option
+@click.option("--base", default="models/base", show_default=True)
+@click.option("--train", "train_path", default="data/prepared/train.jsonl", show_default=True)
+@click.option("--out", default="models/quantized", show_default=True)
+@click.option("--metrics", default="metrics/quantize.json", show_default=True)
+@stage
+def main(params_path, base, train_path, out, metrics):
+    params = P.load(params_path)
+    q = params["quantize"]
+    P.check_model_fit(params, AutoConfig.from_pretrained(base))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    calib = calibration_ids(tokenizer, params["finetune"]["template"], read_jsonl(train_path),
+                            q["calibration_samples"], q["calibration_seq_len"], seed=params["data"]["seed"])
+    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
+        result = quantize(Path(base), tmp, q, calib, Path(work), params["optimize"]["int4_block_size"])
+    write_json(metrics, result)
+    click.echo(f"{q['algorithm']} int{q['bits']} g{q['group_size']} in {result['seconds']} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
