@@ -6,6 +6,7 @@ response tokens only (the prompt is given), exactly as in training.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -41,14 +42,16 @@ class OnnxScorer:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # LoRA defaults are overridable initializers on purpose
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(Path(onnx_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
         self.past = {}
         for i in self.session.get_inputs():
             if i.name.startswith("past_key_values"):
-                _, heads, _, dim = i.shape
-                self.past[i.name] = np.zeros((1, heads, 0, dim), np.float32)
+                shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
+                self.past[i.name] = np.zeros(shape, np.float32)
 
     def loss(self, examples: list[dict], adapter: dict | None = None) -> dict:
         total, count = 0.0, 0

@@ -36,6 +36,11 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
         create_model(None, str(quantized_dir), str(out_dir), o["precision"], o["provider"], str(cache_dir), **options)
     # The builder re-saves the tokenizer through transformers; ours is the normalised one.
     copy_tokenizer(quantized_dir, out_dir)
+    # LoRA defaults are overridable initializers by design: keep onnxruntime's warning about them quiet.
+    config_path = out_dir / "genai_config.json"
+    genai = json.loads(config_path.read_text())
+    genai["model"]["decoder"]["session_options"]["log_severity_level"] = 3
+    config_path.write_text(json.dumps(genai, indent=4))
     return time.perf_counter() - t0
 
 

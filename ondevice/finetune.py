@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ondevice.quantize import load_dequantized, pick_device
-from ondevice.text import collate, encode_example
+from ondevice.text import IGNORE, collate, encode_example
 
 
 def set_seed(seed: int) -> None:
@@ -38,6 +38,20 @@ def batches(examples: list[dict], batch_size: int, seed: int):
         rng.shuffle(order)
         for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
             yield [examples[j] for j in order[i:i + batch_size]]
+
+
+def response_loss(model, batch: dict) -> torch.Tensor:
+    """Mean next-token loss over response tokens, computing the (large) vocab projection only there.
+
+    Same value as the HF loss with prompt labels masked, at about half the lm_head cost, since
+    prompts (system turn included) are about half of every example.
+    """
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, labels[keep])
 
 
 def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -> tuple[object, list[dict], dict]:
@@ -68,7 +82,7 @@ def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -
         batch = {k: v.to(device) for k, v in collate(next(data), pad).items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(**batch).loss
+        loss = response_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()

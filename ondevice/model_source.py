@@ -70,8 +70,11 @@ def materialize(source: str, out_dir: Path) -> dict:
 
     name, kwargs = resolve(source)
     config = _load_config(name, kwargs)
-    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])):
-        raise UserError(f"model.source={source} is a {config.architectures}, not a causal LM")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    if not causal and not (config.architectures is None and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        raise UserError(f"model.source={source} is a {config.architectures or config.model_type}, not a causal LM")
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
     if "gguf_file" in kwargs:
@@ -80,6 +83,7 @@ def materialize(source: str, out_dir: Path) -> dict:
         for attr in ("quantization_config", "_name_or_path"):
             if hasattr(config, attr):
                 delattr(config, attr)
+        config.architectures = [type(model).__name__]
         fresh = type(model)(config)
         fresh.load_state_dict(model.state_dict())
         model = fresh

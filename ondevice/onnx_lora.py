@@ -152,7 +152,10 @@ def read_adapter(path: Path) -> dict:
     import onnxruntime as ort
 
     fmt = ort.AdapterFormat.read_adapter(str(path))
-    return {k: v.numpy() for k, v in fmt.get_parameters().items()}
+    # The OrtValues view memory owned by `fmt`: copy while it is alive, or the arrays dangle.
+    arrays = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
+    del fmt
+    return arrays
 
 
 def check_adapter_matches(model_path: Path, arrays: dict) -> None:
