@@ -42,8 +42,8 @@ register:  ## write the manifest (register stage)
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s register
 
 lint:  ## lint the Dockerfile (hadolint) and the Python (ruff), if installed
-	$(BIN)/hadolint docker/Dockerfile
-	-$(BIN)/ruff check ondevice scripts tests
+	$(BIN)/hadolint --config .hadolint.yaml docker/Dockerfile
+	$(BIN)/ruff check ondevice scripts tests
 
 docker-build:  ## build the CUDA 12 image
 	docker build -f docker/Dockerfile -t $(IMAGE) .

@@ -126,7 +126,8 @@ def benchmark(onnx_dir: Path, adapter_path: Path, adapter_name: str, float_dir: 
     metrics["adapter_mb"] = round(Path(adapter_path).stat().st_size / 1e6, 3)
     metrics["adapter_decode_cost_pct"] = round(100 * (1 - with_adapter["decode_tok_s"] / base["decode_tok_s"]), 2)
     if "torch_fp32" in results:
-        metrics["speedup_vs_torch_fp32"] = round(with_adapter["decode_tok_s"] / results["torch_fp32"]["decode_tok_s"], 2)
+        torch_decode = results["torch_fp32"]["decode_tok_s"]
+        metrics["speedup_vs_torch_fp32"] = round(with_adapter["decode_tok_s"] / torch_decode, 2)
     plot = [{"engine": name, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
              "ttft_ms": r["ttft_ms"], "peak_rss_mb": r["peak_rss_mb"]} for name, r in results.items()]
     return metrics, plot

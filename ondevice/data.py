@@ -32,7 +32,8 @@ def read_rows(path: str | Path) -> tuple[list[dict], list[str]]:
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{lineno}: not JSON ({e.msg}); each line must be one JSON object") from None
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: a JSON {type(row).__name__}, expected an object with prompt and response")
+            kind = type(row).__name__
+            raise UserError(f"{path}:{lineno}: a JSON {kind}, expected an object with prompt and response")
         for key in ("prompt", "response"):
             if key not in row:
                 raise UserError(f"{path}:{lineno}: missing key {key!r}; each row needs prompt and response")

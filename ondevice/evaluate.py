@@ -45,7 +45,8 @@ class OnnxScorer:
         opts.log_severity_level = 3  # LoRA defaults are overridable initializers on purpose
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(Path(onnx_dir) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(Path(onnx_dir) / "model.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
         decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
         self.past = {}
         for i in self.session.get_inputs():

@@ -78,7 +78,10 @@ def optimize(quantized_dir: Path, adapter_dir: Path, out_dir: Path, o: dict, wor
     adapter_path = out_dir / "adapters" / f"{o['adapter_name']}.onnx_adapter"
     info = export_adapter(adapter_dir, out_dir, targets, hf_config, adapter_path)
     (out_dir / "adapters" / f"{o['adapter_name']}.json").write_text(json.dumps(info, indent=2))
-    size = lambda p: p.stat().st_size  # noqa: E731
+
+    def size(p):
+        return p.stat().st_size
+
     return {
         "build_seconds": round(seconds, 2),
         "model_mb": round(sum(size(p) for p in out_dir.glob("model.onnx*")) / 1e6, 2),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 NODE_RE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMulNBits$")
 # projection name in the ONNX graph -> the HF projections it is made of, in column order
@@ -178,5 +178,3 @@ def check_adapter_matches(model_path: Path, arrays: dict) -> None:
 def lora_inputs(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name.endswith((".lora_A", ".lora_B"))]
 
-
-TensorProto  # re-exported for callers building inputs of the right dtype

@@ -6,11 +6,11 @@ import click
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ondevice import params as P
-from ondevice.onnx_lora import read_adapter
 from ondevice.atomic import write_json, write_text
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
 from ondevice.evaluate import OnnxScorer, encode_rows, generate, torch_loss
+from ondevice.onnx_lora import read_adapter
 from ondevice.quantize import load_dequantized
 
 
@@ -41,7 +41,8 @@ def main(params_path, base, quantized, onnx_dir, eval_path, metrics, samples):
     result["quantization"] = {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
                               "group_size": qc["group_size"]}
     result["adapter_gain_loss"] = round(result["quantized_base"]["loss"] - result["quantized_adapter"]["loss"], 5)
-    result["quantization_cost_ppl"] = round(result["quantized_base"]["perplexity"] - result["float_base"]["perplexity"], 4)
+    cost = result["quantized_base"]["perplexity"] - result["float_base"]["perplexity"]
+    result["quantization_cost_ppl"] = round(cost, 4)
     write_json(metrics, result)
 
     shown = rows[: e["generate_rows"]]
@@ -50,7 +51,7 @@ def main(params_path, base, quantized, onnx_dir, eval_path, metrics, samples):
     tuned = generate(Path(onnx_dir), adapter_path, o["adapter_name"], prompts, f["template"], tokenizer,
                      e["max_new_tokens"])
     lines = ["# Sample answers (greedy, shipped int4 ONNX model)\n"]
-    for row, a, b in zip(shown, plain, tuned):
+    for row, a, b in zip(shown, plain, tuned, strict=True):
         lines += [f"## {row['prompt']}\n", f"- **reference:** {row['response']}",
                   f"- **int4 base:** {a}", f"- **int4 base + {o['adapter_name']} adapter:** {b}\n"]
     write_text(samples, "\n".join(lines) + "\n")

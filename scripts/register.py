@@ -18,7 +18,10 @@ from ondevice.register import manifest
 @stage
 def main(params_path, onnx_dir, metrics_dir, out):
     params = P.load(params_path)
-    metrics = {p.stem: json.loads(p.read_text()) for p in sorted(Path(metrics_dir).glob("*.json"))}
+    # Model facts only: benchmark and training times describe a machine, not the model, and stay
+    # out so that re-benchmarking or a bit-identical retrain does not re-register.
+    metrics = {name: json.loads((Path(metrics_dir) / f"{name}.json").read_text())
+               for name in ("data", "quantize", "optimize", "evaluate")}
     m = manifest(Path(onnx_dir), params, metrics)
     write_json(out, m)
     click.echo(f"{m['name']} v{m['version']}: {len(m['files'])} files -> {out}")

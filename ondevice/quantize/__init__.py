@@ -131,7 +131,7 @@ def ort_int4_fake_quant(weight: torch.Tensor, block_size: int) -> torch.Tensor:
     import numpy as np
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
-    w = np.ascontiguousarray(weight.float().numpy().T)  # [K, N] as the quantizer expects
+    w = np.ascontiguousarray(weight.detach().float().numpy().T)  # [K, N] as the quantizer expects
     k, n = w.shape
     blocks = (k + block_size - 1) // block_size
     packed = np.zeros((n, blocks, block_size // 2), dtype=np.uint8)
@@ -167,10 +167,9 @@ def load_dequantized(folder: str | Path, dtype=torch.float32):
     peft cannot wrap Olive's QuantLinear, so training uses this view: the frozen base weights are
     the same numbers the int4 ONNX model multiplies with.
     """
+    from olive.common.quant.utils import WeightQuantizer, unpack_from_uint8
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from olive.common.quant.utils import WeightQuantizer, unpack_from_uint8
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import nn
-from tqdm.auto import tqdm
-
 from olive.common.hf.wrapper import ModelWrapper
 from olive.common.quant.utils import WeightQuantizer
 from olive.passes.pytorch.quant_utils import QuantInfo
+from torch import nn
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,8 @@ def capture_first_layer_inputs(wrapper: ModelWrapper, input_ids: torch.Tensor, d
         pass
     finally:
         handle.remove()
-    kwargs = {k: v for k, v in captured["kwargs"].items() if k not in ("past_key_values", "past_key_value", "use_cache")}
+    dropped = ("past_key_values", "past_key_value", "use_cache")
+    kwargs = {k: v for k, v in captured["kwargs"].items() if k not in dropped}
     return captured["hidden"], captured["args"], kwargs
 
 
@@ -211,6 +211,16 @@ def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuant
         lin.quant_info = QuantInfo(quantizer=quantizer, scales=scales, zero_points=zero_points)
 
 
+def record_input_stats(layer: nn.Module, stats: dict) -> list:
+    """Hook every linear of `layer` to store (Gram matrix, mean |x|) of its input, in fp32."""
+
+    def record(mod, inp, _out):
+        x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+        stats[mod] = (x.T @ x / x.shape[0], x.abs().mean(0))
+
+    return [m.register_forward_hook(record) for m in layer.modules() if isinstance(m, nn.Linear)]
+
+
 @torch.no_grad()
 def awq(model, input_ids: torch.Tensor, cfg: dict, device: str = "cpu") -> ModelWrapper:
     """Run AWQ over all decoder layers in place; returns the Olive wrapper with quant_info attached."""
@@ -228,12 +238,7 @@ def awq(model, input_ids: torch.Tensor, cfg: dict, device: str = "cpu") -> Model
     for layer_wrapper in tqdm(wrapper.get_layer_wrappers(), desc="AWQ layers"):
         layer = layer_wrapper.layer.to(device)
         stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def record(mod, inp, _out):  # Gram matrix and mean |x| of each linear's input, in fp32
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-            stats[mod] = (x.T @ x / x.shape[0], x.abs().mean(0))
-
-        handles = [m.register_forward_hook(record) for m in layer.modules() if isinstance(m, nn.Linear)]
+        handles = record_input_stats(layer, stats)
         out = layer(hidden, *args, **kwargs)
         for h in handles:
             h.remove()
@@ -241,5 +246,4 @@ def awq(model, input_ids: torch.Tensor, cfg: dict, device: str = "cpu") -> Model
         hidden = out[0] if isinstance(out, tuple) else out
         quantize_layer(layer_wrapper, cfg, stats, quantizer, heads)
         layer.to("cpu")
-        del stats
     return wrapper

@@ -3,7 +3,6 @@ Olive's own Gptq pass: the same train-split token blocks AWQ uses, never the eva
 import json
 
 import torch
-
 from olive.data.registry import Registry
 
 

@@ -1,0 +1,113 @@
+"""Shared fixtures: a tiny random Llama built from a config (with SmolLM2's real tokenizer),
+quantized, LoRA-trained and exported once per session, so every stage's functions run for real."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from ondevice.data import read_rows  # noqa: E402
+
+TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=1,
+            eos_token_id=2, pad_token_id=2, rms_norm_eps=1e-5)
+QUANT = dict(algorithm="awq", bits=4, group_size=32, symmetric=False, calibration_samples=32, calibration_seq_len=64,
+             awq_grid=10, awq_clip=True, device="cpu")
+LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
+            seq_len=96, seed=0, template="chat", device="cpu")
+OPT = dict(device="cpu", provider="cpu", precision="int4", int4_block_size=32, int4_accuracy_level=0,
+           adapter_name="travel")
+
+
+@pytest.fixture(scope="session")
+def rows():
+    return read_rows(ROOT / "data" / "travel_qa.jsonl")[0][:48]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from ondevice.model_source import normalize_tokenizer, resolve
+
+    d = tmp_path_factory.mktemp("tokenizer")
+    name, kwargs = resolve("embedded:smollm2-135m-instruct")
+    AutoTokenizer.from_pretrained(name, **kwargs).save_pretrained(d)
+    normalize_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def make_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ondevice.model_source import copy_tokenizer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{**TINY, **overrides})
+    config.architectures = ["LlamaForCausalLM"]
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # give norms some spread so activation-aware scaling has something to find
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand_like(p) * 2 + 0.1)
+    model.save_pretrained(out)
+    copy_tokenizer(tokenizer_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer_dir):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def calib(tokenizer, rows):
+    from ondevice.quantize import calibration_ids
+
+    return calibration_ids(tokenizer, "chat", rows, QUANT["calibration_samples"], QUANT["calibration_seq_len"])
+
+
+def run_quantize(tiny_dir, tmp_path_factory, calib, **q):
+    from ondevice.quantize import quantize
+
+    out = tmp_path_factory.mktemp("quantized")
+    work = tmp_path_factory.mktemp("work")
+    metrics = quantize(Path(tiny_dir), out, {**QUANT, **q}, calib, work, OPT["int4_block_size"])
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def quantized_dir(tiny_dir, tmp_path_factory, calib):
+    return run_quantize(tiny_dir, tmp_path_factory, calib)[0]
+
+
+@pytest.fixture(scope="session")
+def trained(quantized_dir, tokenizer, rows, tmp_path_factory):
+    from ondevice.finetune import train
+
+    model, history, summary = train(quantized_dir, tokenizer, rows, LORA)
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    return model, history, summary, out
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(quantized_dir, trained, tmp_path_factory):
+    from ondevice.export import optimize
+
+    out = tmp_path_factory.mktemp("onnx")
+    optimize(quantized_dir, trained[3], out, OPT, tmp_path_factory.mktemp("owork"))
+    return out

@@ -1,0 +1,78 @@
+"""Stage scripts: bad input fails before heavy work with one line and exit code 2; outputs are atomic."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from ondevice.atomic import atomic_dir
+
+
+def run_script(name, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def params_with(tmp_path, section, key, value):
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p[section][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p))
+    return str(path)
+
+
+@pytest.mark.parametrize("script,section,key,value,message", [
+    ("quantize", "quantize", "algorithm", "awk", "error: params.yaml: quantize.algorithm='awk' is not allowed"),
+    ("finetune", "finetune", "template", "{prompt}", "lacks a placeholder"),
+    ("model", "model", "source", "/no/such/folder", "model.source=/no/such/folder: no config.json there"),
+    ("model", "model", "source", "embedded:gpt-9", "model.source=embedded:gpt-9 is unknown"),
+    ("data", "data", "path", "missing.jsonl", "data file missing.jsonl not found"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, script, section, key, value, message):
+    out = run_script(script, "--params", params_with(tmp_path, section, key, value), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_stage_rejects_group_size_before_loading(tmp_path, tiny_dir):
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["model"]["source"] = str(tiny_dir)
+    p["quantize"]["group_size"] = 256
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    out = run_script("model", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "group_size=256 does not divide the model's hidden_size=64" in out.stderr
+
+
+def test_atomic_dir_keeps_previous_output_on_error(tmp_path):
+    final = tmp_path / "out"
+    with atomic_dir(final) as tmp:
+        (tmp / "a").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "a").write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert (final / "a").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_sigkill_mid_write_leaves_previous_output(tmp_path):
+    """A killed writer leaves the old output and only a hidden temp dir, which the next run ignores."""
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "a").write_text("old")
+    code = ("import time,sys; sys.path.insert(0, %r)\n"
+            "from ondevice.atomic import atomic_dir\n"
+            "with atomic_dir(%r) as t:\n"
+            "    (t/'a').write_text('new'); print('writing', flush=True); time.sleep(60)\n") % (str(ROOT), str(final))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (final / "a").read_text() == "old"
+    with atomic_dir(final) as tmp:
+        (tmp / "a").write_text("next")
+    assert (final / "a").read_text() == "next"

@@ -1,0 +1,51 @@
+import torch
+
+from conftest import LORA
+from ondevice.finetune import train
+from ondevice.quantize import load_dequantized
+from onnx_int4 import dequantize_matmulnbits
+
+
+def test_frozen_weights_in_training_are_the_shipped_int4_weights(trained, quantized_dir, onnx_dir):
+    """The point of the lab: LoRA trains against exactly the weights that ship."""
+    model = trained[0]
+    base = model.get_base_model()
+    shipped = dequantize_matmulnbits(onnx_dir)
+    checked = 0
+    for i, layer in enumerate(base.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = torch.cat([attn.q_proj.base_layer.weight, attn.k_proj.weight, attn.v_proj.base_layer.weight])
+        pairs = {"attn/qkv_proj": qkv, "attn/o_proj": attn.o_proj.weight, "mlp/gate_proj": mlp.gate_proj.weight,
+                 "mlp/up_proj": mlp.up_proj.weight, "mlp/down_proj": mlp.down_proj.weight}
+        for name, w in pairs.items():
+            onnx_w = torch.from_numpy(shipped[f"/model/layers.{i}/{name}/MatMulNBits"])
+            assert torch.equal(w.detach().float(), onnx_w), name
+            checked += 1
+    head = next(v for k, v in shipped.items() if k.startswith("/lm_head"))
+    assert torch.equal(base.lm_head.weight.detach().float(), torch.from_numpy(head))
+    assert checked == 10
+    assert not any(p.requires_grad for n, p in base.named_parameters() if "lora_" not in n)
+
+
+def test_loss_goes_down_and_is_logged_per_step(trained):
+    _, history, summary, adapter_dir = trained
+    assert [h["step"] for h in history] == list(range(LORA["max_steps"]))
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert summary["trainable_parameters"] > 0
+    assert (adapter_dir / "adapter_config.json").exists()
+
+
+def test_same_seed_same_result(quantized_dir, tokenizer, rows, trained):
+    _, history, _ = train(quantized_dir, tokenizer, rows, LORA)[:3]
+    assert [h["loss"] for h in history] == [h["loss"] for h in trained[1]]
+
+
+def test_custom_template(quantized_dir, tokenizer, rows):
+    from ondevice.text import encode_example, render
+
+    prompt, completion = render(tokenizer, "Q: {prompt}\nA: {response}", "Where?", "Here.")
+    assert prompt == "Q: Where?\nA: " and completion.startswith("Here.")
+    ex = encode_example(tokenizer, "Q: {prompt}\nA: {response}", rows[0], 64)
+    assert ex["labels"][0] == -100 and ex["labels"][-1] != -100
+    model = load_dequantized(quantized_dir)
+    assert model.config.tie_word_embeddings

@@ -1,0 +1,84 @@
+
+import numpy as np
+import pytest
+import torch
+from olive.common.quant.utils import WeightQuantizer
+from safetensors.torch import load_file
+
+from conftest import run_quantize
+from ondevice.quantize import awq as A
+from ondevice.quantize import load_dequantized, ort_int4_fake_quant
+
+
+def test_gram_error_equals_direct_output_error():
+    torch.manual_seed(0)
+    x = torch.randn(300, 64)
+    w = torch.randn(32, 64)
+    w_q = WeightQuantizer(bits=4, symmetric=False, group_size=32).fake_quantize(w)
+    gram = x.T @ x / x.shape[0]
+    direct = ((x @ w_q.T - x @ w.T) ** 2).sum(1).mean().item()
+    assert A.output_error(w_q, w, gram) == pytest.approx(direct, rel=1e-4)
+
+
+def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
+    """AWQ's scales are folded into the previous op: before rounding, the layer computes the same."""
+    from olive.common.hf.wrapper import ModelWrapper
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    wrapper = ModelWrapper.from_model(model)
+    hidden, args, kwargs = A.capture_first_layer_inputs(wrapper, calib[:2], "cpu")
+    layer_wrapper = wrapper.get_layer_wrappers()[0]
+    layer = layer_wrapper.layer
+    before = layer(hidden, *args, **kwargs)
+    before = before[0] if isinstance(before, tuple) else before
+    stats = {}
+    hooks = A.record_input_stats(layer, stats)
+    layer(hidden, *args, **kwargs)
+    for h in hooks:
+        h.remove()
+    quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
+    norm_before = layer_wrapper.get_first_layer_norm(return_name=False).weight.clone()
+    A.quantize_layer(layer_wrapper, {**A.DEFAULTS, "grid": 10, "clip": False}, stats, quantizer, (4, 2, 16))
+    after = layer(hidden, *args, **kwargs)
+    after = after[0] if isinstance(after, tuple) else after
+    assert not torch.equal(norm_before, layer_wrapper.get_first_layer_norm(return_name=False).weight)  # scaled
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_awq_output_is_olive_format_on_the_int4_grid(quantized_dir):
+    config = __import__("json").loads((quantized_dir / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "olive" and qc["algorithm"] == "awq" and qc["bits"] == 4
+    tensors = load_file(quantized_dir / "model.safetensors")
+    assert "model.layers.0.self_attn.q_proj.qweight" in tensors
+    model = load_dequantized(quantized_dir)
+    w = model.model.layers[1].mlp.down_proj.weight
+    scales = tensors["model.layers.1.mlp.down_proj.scales"]
+    steps = w.reshape(w.shape[0], -1, 32) / scales.unsqueeze(-1)
+    # every weight is an integer number of steps away from the group's zero point
+    frac = steps - steps.round()
+    assert frac.abs().max() < 1e-3
+    # the head is rounded onto onnxruntime's int4 grid already: rounding again changes nothing
+    head = model.lm_head.weight
+    torch.testing.assert_close(ort_int4_fake_quant(head, 32), head, rtol=0, atol=1e-6)
+
+
+def test_awq_beats_rtn_on_calibration_error(tiny_dir, tmp_path_factory, calib, quantized_dir):
+    """Same bits and group size: AWQ's model reproduces the float model's logits better than RTN's."""
+    from transformers import AutoModelForCausalLM
+
+    rtn_dir, metrics = run_quantize(tiny_dir, tmp_path_factory, calib, algorithm="rtn")
+    assert metrics["algorithm"] == "rtn"
+    ref = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        target = ref(input_ids=calib[:4]).logits
+        err = {name: (load_dequantized(d)(input_ids=calib[:4]).logits - target).pow(2).mean().item()
+               for name, d in (("awq", quantized_dir), ("rtn", rtn_dir))}
+    assert err["awq"] < err["rtn"], err
+
+
+def test_gptq_runs_through_olive_with_our_calibration_blocks(tiny_dir, tmp_path_factory, calib):
+    out, metrics = run_quantize(tiny_dir, tmp_path_factory, calib, algorithm="gptq")
+    assert metrics["algorithm"] == "gptq"
+    assert np.isfinite(load_dequantized(out).model.layers[0].self_attn.q_proj.weight.detach().numpy()).all()
