@@ -57,7 +57,7 @@ def find_targets(model: onnx.ModelProto, target_modules: list[str]) -> list[Targ
             continue
         layer, _, proj = int(m.group(1)), m.group(2), m.group(3)
         members = FUSED.get(proj, (proj,))
-        if any(t in members for t in target_modules):
+        if proj in target_modules or any(t in members for t in target_modules):
             a = _attrs(node)
             found.append(Target(layer, proj, members, a["K"], a["N"]))
     return found
@@ -117,9 +117,12 @@ def adapter_arrays(peft_state: dict, lora_scale: float, targets: list[Target], c
     """Turn peft's lora_A/lora_B tensors into the fused A [in, R] and block B [R, out] per target."""
     arrays = {}
     for t in targets:
-        slices = column_slices(config, t.members)
+        # peft trained either the fused projection itself (Phi-3 qkv_proj) or its members (Llama q/k/v)
+        whole = any(re.search(rf"layers\.{t.layer}\.\w+\.{t.node}\.lora_A\.", k) for k in peft_state)
+        members = (t.node,) if whole else t.members
+        slices = {t.node: slice(None)} if whole else column_slices(config, t.members)
         a_parts, b_rows = [], []
-        for name in t.members:
+        for name in members:
             key = next((k for k in peft_state if re.search(rf"layers\.{t.layer}\.\w+\.{name}\.lora_A\.", k)), None)
             if key is None:
                 continue

