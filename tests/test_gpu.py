@@ -6,9 +6,10 @@ from conftest import LORA, QUANT, run_quantize
 from ondevice.finetune import train
 from ondevice.quantize import load_dequantized
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@needs_cuda
 def test_awq_on_cuda_matches_the_cpu_result_and_beats_rtn(tiny_dir, tmp_path_factory, calib, quantized_dir):
     from transformers import AutoModelForCausalLM
 
@@ -24,6 +25,7 @@ def test_awq_on_cuda_matches_the_cpu_result_and_beats_rtn(tiny_dir, tmp_path_fac
     assert err["gpu"] == pytest.approx(err["cpu"], rel=0.25), err  # bf16 on GPU, fp32 on CPU
 
 
+@needs_cuda
 def test_lora_trains_on_cuda(quantized_dir, tokenizer, rows):
     _, history, summary = train(quantized_dir, tokenizer, rows, {**LORA, "device": "cuda", "max_steps": 5})
     assert summary["device"] == "cuda" and summary["peak_gpu_memory_gib"] > 0
