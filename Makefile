@@ -38,8 +38,9 @@ chat:  ## ask the shipped model: make chat PROMPT="..." [ADAPTER=travel|none]
 bench:  ## rerun only the benchmark stage
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s benchmark
 
-register:  ## write the manifest (register stage)
+register:  ## manifest (register stage), then upload to Azure ML: make register ARGS=--dry-run | --next-version
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s register
+	$(PY) scripts/azure_register.py $(ARGS)
 
 lint:  ## lint the Dockerfile (hadolint) and the Python (ruff), if installed
 	$(BIN)/hadolint --config .hadolint.yaml docker/Dockerfile

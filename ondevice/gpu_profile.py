@@ -43,11 +43,11 @@ def long_rows(rows: list[dict], tokens: int, tokenizer) -> list[dict]:
 
 def profile(tokenizer_dir: Path, rows: list[dict], work: Path, calib_blocks: int = 128, seq_len: int = 512,
             steps: int = 100, r: int = 64) -> dict:
-    from transformers import AutoTokenizer
-
     from olive.common.quant.hf_utils import OliveHfQuantizationConfig
     from olive.model import HfModelHandler
     from olive.passes.pytorch.quant_utils import finalize
+    from transformers import AutoTokenizer
+
     from ondevice.finetune import train
     from ondevice.quantize import calibration_ids
     from ondevice.quantize.awq import awq

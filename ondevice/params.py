@@ -65,8 +65,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "threads": (int, {"min": 0, "max": 256}),
         "torch_baseline": (bool, None),
     },
-    "register": {"name": (str, None), "version": (int, {"min": 1}), "description": (str, None)},
+    "register": {"name": (str, None), "version": (int, {"min": 1}), "description": (str, None),
+                 "azure": (dict, None)},
 }
+# Workspace coordinates only: credentials never go in params.yaml (DefaultAzureCredential finds them).
+AZURE_KEYS = ("subscription_id", "resource_group", "workspace")
 
 
 def _check(section: str, key: str, value, typ, constraint) -> None:
@@ -106,6 +109,12 @@ def validate(params: dict) -> dict:
             if key not in given:
                 raise UserError(f"params.yaml: missing key {section}.{key}")
             _check(section, key, given[key], typ, constraint)
+    for key, value in params["register"]["azure"].items():
+        if key not in AZURE_KEYS:
+            raise UserError(f"params.yaml: unknown key register.azure.{key}; known: {', '.join(AZURE_KEYS)} "
+                            "(credentials belong in `az login` or the environment, not in params)")
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"params.yaml: register.azure.{key}={value!r} must be a string or empty")
     template = params["finetune"]["template"]
     if template != "chat" and ("{prompt}" not in template or "{response}" not in template):
         raise UserError(

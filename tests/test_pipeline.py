@@ -98,3 +98,19 @@ def test_lora_rank_change_reruns_only_downstream_and_diffs(repo):
     assert "metrics/evaluate.json" in diff and "quantized_adapter.loss" in diff
     params_diff = sh("dvc params diff", repo, env)
     assert "finetune.r" in params_diff
+
+
+def test_dvc_push_pull_round_trip_restores_the_model_byte_for_byte(repo, tmp_path):
+    import hashlib
+
+    repo, env = repo
+
+    def digest(folder):
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = digest(repo / "models/onnx")
+    sh(f"dvc remote add -f -d local {tmp_path / 'remote'} && dvc push -q", repo, env)
+    shutil.rmtree(repo / "models/onnx")
+    sh("dvc cache dir {} && dvc pull -q models/onnx".format(tmp_path / "fresh-cache"), repo, env)
+    assert digest(repo / "models/onnx") == before

@@ -1,0 +1,131 @@
+"""Upload the shipped model to Azure ML, like the lab's `az ml model create`, with azure-ai-ml.
+
+Workspace coordinates come from params (`register.azure`) or the environment, never secrets:
+credentials are DefaultAzureCredential's business (az login, managed identity, env vars).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ondevice.atomic import UserError
+from ondevice.register import git_commit, params_hash
+
+ENV = {"subscription_id": "AZURE_SUBSCRIPTION_ID", "resource_group": "AZURE_RESOURCE_GROUP",
+       "workspace": "AZUREML_WORKSPACE_NAME"}
+KEY_METRICS = {  # tag name -> (metrics file, dotted key)
+    "eval_loss_int4_adapter": ("evaluate", "quantized_adapter.loss"),
+    "eval_ppl_int4_adapter": ("evaluate", "quantized_adapter.perplexity"),
+    "eval_ppl_int4_base": ("evaluate", "quantized_base.perplexity"),
+    "eval_ppl_float_base": ("evaluate", "float_base.perplexity"),
+    "quant_algorithm": ("evaluate", "quantization.algorithm"),
+    "decode_tok_s_cpu_adapter": ("benchmark", "ort_int4_adapter.decode_tok_s"),
+    "model_mb": ("optimize", "model_mb"),
+    "adapter_mb": ("optimize", "adapter_mb"),
+}
+
+
+def workspace(params: dict, environ=os.environ) -> dict:
+    """Resolve subscription / resource group / workspace: params first, then the environment."""
+    given = (params.get("register") or {}).get("azure") or {}
+    out, missing = {}, []
+    for key, env in ENV.items():
+        value = given.get(key) or environ.get(env)
+        if not value:
+            missing.append(f"register.azure.{key} or ${env}")
+        out[key] = value
+    if missing:
+        raise UserError(f"Azure ML workspace not configured: set {', '.join(missing)}")
+    return out
+
+
+def _dig(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def tags(metrics_dir: Path, params: dict) -> dict:
+    out = {"git_commit": git_commit() or "unknown", "params_hash": params_hash(params),
+           "base_model": params["model"]["source"], "pipeline": "ondevice"}
+    for tag, (file, key) in KEY_METRICS.items():
+        path = Path(metrics_dir) / f"{file}.json"
+        if path.exists():
+            try:
+                out[tag] = str(_dig(json.loads(path.read_text()), key))
+            except KeyError:
+                pass
+    return out
+
+
+def model_asset(model_dir: Path, params: dict, metrics_dir: Path, version: str | None = None):
+    from azure.ai.ml.constants import AssetTypes
+    from azure.ai.ml.entities import Model
+
+    if not (Path(model_dir) / "genai_config.json").exists():
+        raise UserError(f"{model_dir} has no genai_config.json; run `make repro` before registering")
+    reg = params["register"]
+    return Model(name=reg["name"], version=str(version or reg["version"]), path=str(model_dir),
+                 type=AssetTypes.CUSTOM_MODEL, description=reg["description"], tags=tags(metrics_dir, params))
+
+
+def describe(asset, model_dir: Path) -> dict:
+    """Exactly what would be created: the asset's fields and every file under its path."""
+    files = sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*") if p.is_file())
+    return {"name": asset.name, "version": asset.version, "type": asset.type, "description": asset.description,
+            "tags": asset.tags, "path": str(model_dir), "files": files,
+            "bytes": sum((Path(model_dir) / f).stat().st_size for f in files)}
+
+
+def client(ws: dict):
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    return MLClient(DefaultAzureCredential(), subscription_id=ws["subscription_id"],
+                    resource_group_name=ws["resource_group"], workspace_name=ws["workspace"])
+
+
+def with_retries(call, attempts: int = 4, base_delay: float = 2.0):
+    """Retry transient failures (connection errors, 429, 5xx) with exponential backoff."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as e:
+            status = getattr(e, "status_code", None)
+            transient = not isinstance(e, HttpResponseError) or status in (408, 429) or (status or 0) >= 500
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(base_delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def existing_versions(ml_client, name: str) -> list[int]:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return sorted(int(m.version) for m in with_retries(lambda: list(ml_client.models.list(name=name)))
+                      if str(m.version).isdigit())
+    except ResourceNotFoundError:
+        return []
+
+
+def upload(ml_client, asset, next_free: bool) -> str:
+    """Create the asset; if its version exists, fail clearly or take the next free version."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    try:
+        versions = existing_versions(ml_client, asset.name)
+    except ClientAuthenticationError as e:
+        raise UserError(f"Azure credentials were rejected or missing ({type(e).__name__}); run `az login` or "
+                        "set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
+    if int(asset.version) in versions:
+        if not next_free:
+            raise UserError(f"model {asset.name} version {asset.version} already exists in the workspace; "
+                            "bump register.version or pass --next-version")
+        asset.version = str(max(versions) + 1)
+    created = with_retries(lambda: ml_client.models.create_or_update(asset))
+    return str(created.version)
