@@ -59,7 +59,8 @@ def export_adapter(adapter_dir: Path, onnx_dir: Path, targets, hf_config, path: 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     state = load_file(adapter_dir / "adapter_model.safetensors")
     scale = cfg["lora_alpha"] / cfg["r"]
-    arrays = onnx_lora.adapter_arrays(state, scale, targets, hf_config)
+    dtype = onnx_lora.lora_dtype(onnx_dir / "model.onnx")
+    arrays = onnx_lora.adapter_arrays(state, scale, targets, hf_config, dtype=dtype)
     onnx_lora.check_adapter_matches(onnx_dir / "model.onnx", arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_lora.write_adapter(path, arrays)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 
 import torch
@@ -64,6 +65,10 @@ def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -
     model = lora_model(base, p)
     model.train()
     examples = [encode_example(tokenizer, p["template"], r, p["seq_len"]) for r in train_rows]
+    truncated = sum(e["truncated"] for e in examples)
+    if truncated:
+        print(f"warning: {truncated} of {len(examples)} training rows are longer than finetune.seq_len={p['seq_len']} "
+              "tokens and were truncated; raise finetune.seq_len to keep them whole", file=sys.stderr)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainable = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=p["lr"], weight_decay=0.0)

@@ -128,7 +128,7 @@ def adapter_arrays(peft_state: dict, lora_scale: float, targets: list[Target], c
                 continue
             a = peft_state[key].float().numpy()  # [r, in]
             b = peft_state[key.replace("lora_A", "lora_B")].float().numpy()  # [out_p, r]
-            block = np.zeros((a.shape[0], t.out_features), np.float32)
+            block = np.zeros((a.shape[0], t.out_features), np.float32)  # cast to `dtype` once, below
             block[:, slices[name]] = b.T * lora_scale
             a_parts.append(a.T)
             b_rows.append(block)
@@ -176,6 +176,13 @@ def check_adapter_matches(model_path: Path, arrays: dict) -> None:
     missing = [n for n in inputs if n.endswith((".lora_A", ".lora_B")) and n not in arrays]
     if missing:
         raise ValueError(f"adapter lacks {len(missing)} LoRA inputs of the model, e.g. {missing[0]}")
+
+
+def lora_dtype(model_path: Path):
+    """numpy dtype of the model's LoRA inputs (fp32 for CPU builds, fp16 for CUDA builds)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name.endswith(".lora_A"))
+    return helper.tensor_dtype_to_np_dtype(elem)
 
 
 def lora_inputs(model: onnx.ModelProto) -> list[str]:

@@ -31,7 +31,7 @@ def encode_example(tokenizer, template: str, row: dict, seq_len: int) -> dict:
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     ids = (p_ids + c_ids)[:seq_len]
     labels = ([IGNORE] * len(p_ids) + c_ids)[:seq_len]
-    return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": labels, "truncated": len(p_ids) + len(c_ids) > seq_len}
 
 
 def collate(examples: list[dict], pad_id: int):
@@ -41,7 +41,7 @@ def collate(examples: list[dict], pad_id: int):
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
+    for i, e in enumerate(examples):  # only the token fields travel into the batch
         n = len(e["input_ids"])
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])

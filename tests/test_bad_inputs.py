@@ -1,0 +1,183 @@
+"""docs/bad-inputs.md lists every bad input we tried and the exact message; this keeps it true.
+
+Each row of the table names a case below; the test runs it and compares the message with the row
+(`…` in a row stands for text that varies, such as a library's own error). Every case must have a
+row and every row a case.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from ondevice import params as P
+from ondevice.atomic import UserError, require_free_space
+from ondevice.data import read_rows
+
+DOC = ROOT / "docs" / "bad-inputs.md"
+PY = os.path.abspath(sys.executable)  # tests chdir; keep the venv interpreter reachable
+GOOD = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def params_error(**changes):
+    p = json.loads(json.dumps(GOOD))
+    for dotted, value in changes.items():
+        *path, key = dotted.split(".")
+        node = p
+        for part in path:
+            node = node[part]
+        if value is _DELETE:
+            del node[key]
+        else:
+            node[key] = value
+    with pytest.raises(UserError) as e:
+        P.validate(p)
+    return str(e.value)
+
+
+_DELETE = object()
+
+
+def data_error(tmp_path, content: bytes):
+    (tmp_path / "data.jsonl").write_bytes(content)
+    with pytest.raises(UserError) as e:
+        read_rows("data.jsonl")
+    return str(e.value)
+
+
+def script_error(tmp_path, script, *args, **param_changes):
+    p = json.loads(json.dumps(GOOD))
+    for dotted, value in param_changes.items():
+        section, key = dotted.split(".")
+        p[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    out = subprocess.run([PY, str(ROOT / "scripts" / f"{script}.py"), "--params",
+                          str(tmp_path / "params.yaml"), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    return lines[0].removeprefix("error: ").removeprefix("Error: ")
+
+
+ROW = b'{"prompt": "a", "response": "b"}\n'
+CASES = {
+    "unknown-section": lambda t: params_error(**{"training": {}}),
+    "unknown-key": lambda t: params_error(**{"finetune.epochs": 3}),
+    "missing-key": lambda t: params_error(**{"finetune.lr": _DELETE}),
+    "wrong-type": lambda t: params_error(**{"finetune.max_steps": "100"}),
+    "below-min": lambda t: params_error(**{"finetune.r": 0}),
+    "above-max": lambda t: params_error(**{"data.eval_fraction": 0.95}),
+    "unknown-algorithm": lambda t: params_error(**{"quantize.algorithm": "awq2"}),
+    "unknown-device": lambda t: params_error(**{"finetune.device": "mps"}),
+    "unknown-provider": lambda t: params_error(**{"optimize.provider": "dml"}),
+    "bad-bits": lambda t: params_error(**{"quantize.bits": 3}),
+    "bad-lora-target": lambda t: params_error(**{"finetune.target_modules": ["attn"]}),
+    "template-placeholder": lambda t: params_error(**{"finetune.template": "Q: {prompt} A:"}),
+    "secret-in-params": lambda t: params_error(**{"register.azure.client_secret": "x"}),
+    "group-size-divides": lambda t: _fit_error(quantize={"group_size": 128}),
+    "seq-len-context": lambda t: _fit_error(finetune={"seq_len": 10000}),
+    "yaml-syntax": lambda t: _load_error(t, "model: [\n"),
+    "params-missing": lambda t: _load_error(t, None),
+    "data-not-utf8": lambda t: data_error(t, ROW + b"\xff\n"),
+    "data-not-json": lambda t: data_error(t, ROW + b"{prompt: a}\n"),
+    "data-not-object": lambda t: data_error(t, b'"just a string"\n'),
+    "data-missing-key": lambda t: data_error(t, b'{"prompt": "a", "answer": "b"}\n'),
+    "data-not-string": lambda t: data_error(t, b'{"prompt": ["a"], "response": "b"}\n'),
+    "data-empty-value": lambda t: data_error(t, b'{"prompt": "a", "response": ""}\n'),
+    "data-too-few-rows": lambda t: data_error(t, ROW * 5),
+    "data-file-missing": lambda t: script_error(t, "data", "--out", "o", **{"data.path": "nope.jsonl"}),
+    "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
+    "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
+    "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
+    "model-hub-unreachable": lambda t: _hub_unreachable(t),
+    "optimize-provider-device": lambda t: script_error(t, "optimize", "--out", "o",
+                                                       **{"optimize.provider": "cuda", "optimize.device": "cpu"}),
+    "disk-full": lambda t: _disk_error(t),
+    "cuda-missing": lambda t: _cuda_error(),
+    "chat-no-model": lambda t: _chat_error(t, "--model", str(t / "none")),
+}
+
+
+def _fit_error(**sections):
+    class Config:  # SmolLM2-135M's sizes
+        hidden_size, intermediate_size, max_position_embeddings = 576, 1536, 8192
+
+    p = json.loads(json.dumps(GOOD))
+    for section, values in sections.items():
+        p[section].update(values)
+    with pytest.raises(UserError) as e:
+        P.check_model_fit(p, Config)
+    return str(e.value)
+
+
+def _load_error(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UserError) as e:
+        P.load("params.yaml")
+    return str(e.value)
+
+
+def _bert(tmp_path):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    return "./bert"
+
+
+def _hub_unreachable(tmp_path):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return script_error(tmp_path, "model", "--out", "o", **{"model.source": "someone/not-cached-model"})
+
+
+def _disk_error(tmp_path):
+    with pytest.raises(UserError) as e:
+        require_free_space(tmp_path, 1 << 60, "the float base model")
+    return re.sub(r"have \d+ MiB", "have … MiB", str(e.value).replace(str(tmp_path), "<dir>"))
+
+
+def _cuda_error():
+    import torch
+
+    from ondevice.quantize import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError) as e:
+        pick_device("cuda")
+    return str(e.value)
+
+
+def _chat_error(tmp_path, *args):
+    out = subprocess.run([PY, str(ROOT / "scripts" / "chat.py"), *args, "hi"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    return out.stderr.strip().removeprefix("Error: ")
+
+
+def documented_rows() -> dict:
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"^\| `([a-z0-9-]+)` \| (.+?) \| `(.+)` \|$", line)
+        if m:
+            rows[m.group(1)] = m.group(3)
+    return rows
+
+
+def test_every_case_is_documented_and_every_row_tested():
+    assert set(documented_rows()) == set(CASES)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_documented_message_is_the_real_one(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = CASES[case](tmp_path).replace(str(tmp_path), "<dir>")
+    expected = documented_rows()[case]
+    pattern = "^" + re.escape(expected).replace("…", ".*") + "$"
+    assert re.match(pattern, message), f"\ndoc:  {expected}\nreal: {message}"
+
+
