@@ -122,7 +122,8 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return {"algorithm": algo, "seconds": round(seconds, 2), "device": device,
-            "calibration_tokens": int(calib.numel()), "bits": q["bits"], "group_size": q["group_size"]}
+            "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": q["bits"],
+            "group_size": q["group_size"]}
 
 
 def ort_int4_fake_quant(weight: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -74,23 +74,40 @@ def output_error(w_q: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> floa
 
 @torch.no_grad()
 def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer: WeightQuantizer, grid: int,
-                 x_stat: torch.Tensor, expand=None) -> torch.Tensor:
+                 x_stat: torch.Tensor, expand=None, reduce=None) -> torch.Tensor:
     """Grid-search the AWQ exponent a in s = x_stat^a for one group of linears sharing an input.
 
     x_stat: per-channel mean |activation|; expand maps a scale vector onto the linears' input
-    channels (GQA v->o, where one v channel feeds several query heads).
+    channels (GQA v->o, where one v channel feeds several query heads) and reduce maps back.
     """
     expand = expand or (lambda s: s)
     weights = [lin.weight.data.float() for lin in linears]
+    w_stat = weight_magnitude(weights, quantizer.group_size)
+    if reduce is not None:
+        w_stat = reduce(w_stat)
     best = (float("inf"), None)
-    for i in range(grid):
-        s = x_stat.pow(i / grid).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()
-        s_in = expand(s)
-        err = sum(output_error(_fake_quant(w * s_in, quantizer) / s_in, w, gram) for w in weights)
-        if err < best[0]:
-            best = (err, s.clone())
+    # Both AWQ variants: s = x^a, and "duo" s = x^a / w^(1-a) (relative weight magnitude, as in
+    # AutoAWQ / llm-compressor); the exact output error picks the better one per group of linears.
+    for duo in (False, True):
+        for i in range(grid):
+            ratio = i / grid
+            s = x_stat.pow(ratio)
+            if duo:
+                s = s / (w_stat.pow(1 - ratio) + 1e-4)
+            s = s.clamp(min=1e-4)
+            s = s / (s.max() * s.min()).sqrt()
+            s_in = expand(s)
+            err = sum(output_error(_fake_quant(w * s_in, quantizer) / s_in, w, gram) for w in weights)
+            if err < best[0]:
+                best = (err, s.clone())
     return best[1]
+
+
+def weight_magnitude(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Mean over output rows of |w| relative to its group's max, per input channel (AWQ's w_mean)."""
+    w = torch.cat(weights, 0)
+    g = w.abs().reshape(-1, group_size)
+    return (g / (g.amax(1, keepdim=True) + 1e-6)).reshape(w.shape).mean(0)
 
 
 @torch.no_grad()
@@ -176,7 +193,7 @@ def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuant
     if len(attn_in) == 3 and attn_in[2].out_features * (num_heads // num_kv) == attn_out.in_features:
         v_proj = attn_in[2]
         expand, reduce = _kv_expand(num_heads, num_kv, head_dim)
-        s = search_scale(gram, [attn_out], quantizer, grid, reduce(stat), expand=expand)
+        s = search_scale(gram, [attn_out], quantizer, grid, reduce(stat), expand=expand, reduce=reduce)
         v_proj.weight.data /= s.to(v_proj.weight.dtype).unsqueeze(1)
         if v_proj.bias is not None:
             v_proj.bias.data /= s.to(v_proj.bias.dtype)
