@@ -1,7 +1,7 @@
 # One-command entry points. `make help` lists them.
 PYTHON ?= python3.11
 VENV   ?= .venv
-BIN    := $(VENV)/bin
+BIN    := $(abspath $(VENV))/bin
 PY     := $(BIN)/python
 IMAGE  ?= ondevice-llm:latest
 ARGS   ?=

@@ -18,6 +18,9 @@ def atomic_dir(final: str | os.PathLike):
     """Yield a temp dir next to `final`; on success replace `final` with it, on error delete it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed with SIGKILL leaves its temp dir behind; the next run clears it first.
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
@@ -56,6 +59,10 @@ def free_bytes(path: str | os.PathLike) -> int:
     while not p.exists():
         p = p.parent
     return shutil.disk_usage(p).free
+
+
+def folder_bytes(path: str | os.PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def require_free_space(path: str | os.PathLike, needed: int, what: str) -> None:

@@ -72,29 +72,15 @@ class OnnxScorer:
 def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, prompts: list[str], template: str,
              tokenizer, max_new_tokens: int) -> list[str]:
     """Greedy answers through onnxruntime-genai, the way the chat client runs them."""
-    import onnxruntime_genai as og
-
+    from ondevice.runtime import open_model, stream_answer
     from ondevice.text import render
 
-    model = og.Model(str(onnx_dir))
-    og_tok = og.Tokenizer(model)
-    adapters = None
-    if adapter_path is not None:
-        adapters = og.Adapters(model)
-        adapters.load(str(adapter_path), adapter_name)
+    model, og_tok, adapters = open_model(onnx_dir, {adapter_name: adapter_path} if adapter_path else None)
     answers = []
     for prompt in prompts:
-        text, _ = render(tokenizer, template, prompt)
-        ids = og_tok.encode(text)
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-        gen = og.Generator(model, params)
-        if adapters is not None:
-            gen.set_active_adapter(adapters, adapter_name)
-        gen.append_tokens(ids)
-        while not gen.is_done():
-            gen.generate_next_token()
-        answers.append(og_tok.decode(gen.get_sequence(0)[len(ids):]).strip())
+        ids = og_tok.encode(render(tokenizer, template, prompt)[0])
+        answer = "".join(stream_answer(model, og_tok, adapters, adapter_name, ids, max_new_tokens))
+        answers.append(answer.replace("<|im_end|>", "").strip())
     return answers
 
 

@@ -1,8 +1,6 @@
 """Chat with the shipped model through onnxruntime-genai: prompt in, streamed answer out.
 
-This is the reference client of the output contract: og.Model(dir), og.Adapters(model).load(...),
-GeneratorParams, Generator, set_active_adapter, append_tokens, generate_next_token until is_done,
-streamed through tokenizer.create_stream().
+The client of the output contract (ondevice/runtime.py) as a command.
 """
 import json
 import sys
@@ -26,7 +24,7 @@ def chat_prompt(tokenizer, model_dir: Path, prompt: str) -> str:
 @click.option("--adapter", default="travel", show_default=True, help="adapter name under MODEL/adapters, or none")
 @click.option("--max-new-tokens", default=200, show_default=True)
 def main(prompt, model_dir, adapter, max_new_tokens):
-    import onnxruntime_genai as og
+    from ondevice.runtime import open_model, stream_answer
 
     model_dir = Path(model_dir)
     if not (model_dir / "genai_config.json").exists():
@@ -34,27 +32,16 @@ def main(prompt, model_dir, adapter, max_new_tokens):
     prompt = prompt or sys.stdin.read().strip()
     if not prompt:
         raise click.ClickException("no prompt: pass one as an argument or on stdin")
-    model = og.Model(str(model_dir))
-    tokenizer = og.Tokenizer(model)
-    adapters = None
-    if adapter.lower() != "none":
-        path = model_dir / "adapters" / f"{adapter}.onnx_adapter"
+    name = None if adapter.lower() == "none" else adapter
+    if name:
+        path = model_dir / "adapters" / f"{name}.onnx_adapter"
         if not path.exists():
             known = sorted(p.stem for p in (model_dir / "adapters").glob("*.onnx_adapter"))
-            raise click.ClickException(f"no adapter {adapter!r} in {model_dir}/adapters; known: {known + ['none']}")
-        adapters = og.Adapters(model)
-        adapters.load(str(path), adapter)
+            raise click.ClickException(f"no adapter {name!r} in {model_dir}/adapters; known: {known + ['none']}")
+    model, tokenizer, adapters = open_model(model_dir, {name: path} if name else None)
     ids = tokenizer.encode(chat_prompt(tokenizer, model_dir, prompt))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-    generator = og.Generator(model, params)
-    if adapters is not None:
-        generator.set_active_adapter(adapters, adapter)
-    generator.append_tokens(ids)
-    stream = tokenizer.create_stream()
-    while not generator.is_done():
-        generator.generate_next_token()
-        click.echo(stream.decode(generator.get_next_tokens()[0]), nl=False)
+    for piece in stream_answer(model, tokenizer, adapters, name, ids, max_new_tokens):
+        click.echo(piece, nl=False)
     click.echo()
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from ondevice import params as P
-from ondevice.atomic import UserError, atomic_dir, write_json
+from ondevice.atomic import UserError, atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
 from ondevice.export import optimize
 
@@ -23,6 +23,7 @@ def main(params_path, quantized, adapter, out, metrics):
     if o["provider"] != o["device"]:
         raise UserError(f"params.yaml: optimize.provider={o['provider']} differs from optimize.device={o['device']}; "
                         "set both to cpu or both to cuda")
+    require_free_space(out, int(1.5 * folder_bytes(quantized)), "the ONNX model")
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         result = optimize(Path(quantized), Path(adapter), tmp, o, Path(work))
     write_json(metrics, result)

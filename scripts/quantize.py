@@ -6,7 +6,7 @@ import click
 from transformers import AutoConfig, AutoTokenizer
 
 from ondevice import params as P
-from ondevice.atomic import atomic_dir, write_json
+from ondevice.atomic import atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
 from ondevice.quantize import calibration_ids, quantize
@@ -23,6 +23,8 @@ def main(params_path, base, train_path, out, metrics):
     params = P.load(params_path)
     q = params["quantize"]
     P.check_model_fit(params, AutoConfig.from_pretrained(base))
+    # Olive's working copy plus the packed output: about the size of the float base, with margin
+    require_free_space(out, int(1.5 * folder_bytes(base)), "the quantized model")
     tokenizer = AutoTokenizer.from_pretrained(base)
     calib = calibration_ids(tokenizer, params["finetune"]["template"], read_jsonl(train_path),
                             q["calibration_samples"], q["calibration_seq_len"], seed=params["data"]["seed"])

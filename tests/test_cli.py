@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -76,3 +77,36 @@ def test_sigkill_mid_write_leaves_previous_output(tmp_path):
     with atomic_dir(final) as tmp:
         (tmp / "a").write_text("next")
     assert (final / "a").read_text() == "next"
+
+
+def _start_model_stage(tmp_path):
+    """The real `model` stage on the embedded GGUF (about 20 s of loading: time to interrupt it)."""
+    out = tmp_path / "models" / "base"
+    proc = subprocess.Popen([os.path.abspath(sys.executable), str(ROOT / "scripts" / "model.py"), "--params", str(ROOT / "params.yaml"),
+                             "--out", str(out), "--metrics", str(tmp_path / "m.json")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until it is writing into its temp dir
+        if list((tmp_path / "models").glob(".base.tmp-*")) if (tmp_path / "models").exists() else []:
+            break
+        time.sleep(0.2)
+    return proc, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_stage_leaves_previous_output_and_next_run_recovers(tmp_path, sig):
+    previous = tmp_path / "models" / "base"
+    previous.mkdir(parents=True)
+    (previous / "config.json").write_text("{}")
+    proc, out = _start_model_stage(tmp_path)
+    time.sleep(1)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert (out / "config.json").read_text() == "{}"  # the previous output, untouched
+    leftovers = list((tmp_path / "models").glob(".base.tmp-*"))
+    assert not leftovers if sig == signal.SIGINT else len(leftovers) <= 1
+    with atomic_dir(out) as tmp:  # the next run clears what a SIGKILL left and replaces the output
+        (tmp / "config.json").write_text('{"new": 1}')
+    assert (out / "config.json").read_text() == '{"new": 1}'
+    assert not list((tmp_path / "models").glob(".base.tmp-*"))

@@ -1,0 +1,40 @@
+"""The onnxruntime-genai client of the output contract, shared by `scripts/chat.py` and evaluate.
+
+og.Model(dir); og.Adapters(model).load(path, name); og.GeneratorParams; og.Generator;
+generator.set_active_adapter(adapters, name); append_tokens; generate_next_token until is_done,
+decoded through tokenizer.create_stream().
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def open_model(model_dir: Path, adapters: dict[str, Path] | None = None):
+    """Load the model, its tokenizer and any adapters (name -> .onnx_adapter path)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    loaded = None
+    if adapters:
+        loaded = og.Adapters(model)
+        for name, path in adapters.items():
+            loaded.load(str(path), name)
+    return model, og.Tokenizer(model), loaded
+
+
+def stream_answer(model, tokenizer, adapters, adapter_name: str | None, prompt_ids,
+                  max_new_tokens: int) -> Iterator[str]:
+    """Greedy generation, yielding decoded text piece by piece."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    if adapters is not None and adapter_name:
+        generator.set_active_adapter(adapters, adapter_name)
+    generator.append_tokens(prompt_ids)
+    stream = tokenizer.create_stream()
+    while not generator.is_done():
+        generator.generate_next_token()
+        yield stream.decode(generator.get_next_tokens()[0])
