@@ -17,6 +17,8 @@ def read_rows(path: str | Path) -> tuple[list[dict], list[str]]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"data file {path} not found; set data.path in params.yaml")
+    if not path.is_file():
+        raise UserError(f"data.path={path} is a directory; point it at a JSONL file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

@@ -90,6 +90,7 @@ CASES = {
     "data-empty-value": lambda t: data_error(t, b'{"prompt": "a", "response": ""}\n'),
     "data-too-few-rows": lambda t: data_error(t, ROW * 5),
     "data-file-missing": lambda t: script_error(t, "data", "--out", "o", **{"data.path": "nope.jsonl"}),
+    "data-path-is-dir": lambda t: script_error(t, "data", "--out", "o", **{"data.path": "."}),
     "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
     "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
