@@ -100,6 +100,34 @@ def run_torch(model_dir: str, b: dict) -> dict:
     return _median_run(once, b["runs"], b["warmup"])
 
 
+def weight_bytes_per_token(onnx_dir: Path) -> int:
+    """Bytes of int4 weights, scales and zero points that one decode step reads: every MatMulNBits
+    initializer (the tied head included); the embedding reads one row, which is negligible."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(Path(onnx_dir) / "model.onnx"), load_external_data=False)
+    sizes = {init.name: math.prod(init.dims) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+             for init in model.graph.initializer}
+    used = {name for node in model.graph.node if node.op_type == "MatMulNBits" for name in node.input[1:]}
+    return sum(sizes.get(name, 0) for name in used if name)
+
+
+def memory_bandwidth_gb_s(megabytes: int = 256, repeats: int = 5) -> float:
+    """Best of a few large array copies (read + write), the ceiling a decode step streams against."""
+    import numpy as np
+
+    src = np.ones(megabytes * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return round(2 * src.nbytes / best / 1e9, 2)
+
+
 def _child(engine: str, args: dict) -> dict:
     """Run one engine in a fresh interpreter; returns its numbers plus its peak RSS."""
     cmd = [sys.executable, "-m", "ondevice.benchmark", engine, json.dumps(args)]
@@ -125,6 +153,13 @@ def benchmark(onnx_dir: Path, adapter_path: Path, adapter_name: str, float_dir: 
     metrics["model_mb"] = round(sum(p.stat().st_size for p in Path(onnx_dir).glob("model.onnx*")) / 1e6, 2)
     metrics["adapter_mb"] = round(Path(adapter_path).stat().st_size / 1e6, 3)
     metrics["adapter_decode_cost_pct"] = round(100 * (1 - with_adapter["decode_tok_s"] / base["decode_tok_s"]), 2)
+    # Decode is memory-bound: tok/s can at best be bandwidth / bytes read per token.
+    metrics["weight_mb_per_token"] = round(weight_bytes_per_token(onnx_dir) / 1e6, 2)
+    metrics["memory_bandwidth_gb_s"] = memory_bandwidth_gb_s()
+    roofline = metrics["memory_bandwidth_gb_s"] * 1e3 / metrics["weight_mb_per_token"]
+    metrics["roofline_tok_s"] = round(roofline, 1)
+    metrics["roofline_fraction"] = round(base["decode_tok_s"] / roofline, 3)
+    metrics["roofline_fraction_adapter"] = round(with_adapter["decode_tok_s"] / roofline, 3)
     if "torch_fp32" in results:
         torch_decode = results["torch_fp32"]["decode_tok_s"]
         metrics["speedup_vs_torch_fp32"] = round(with_adapter["decode_tok_s"] / torch_decode, 2)

@@ -61,4 +61,6 @@ def test_benchmark_stage_reports_every_metric(onnx_dir, tiny_dir):
         assert metrics[engine]["decode_tok_s"] > 0 and metrics[engine]["peak_rss_mb"] > 0
         assert metrics[engine]["generated"] == 8
     assert {"adapter_decode_cost_pct", "speedup_vs_torch_fp32", "model_mb", "adapter_mb", "threads"} <= set(metrics)
+    assert 0 < metrics["weight_mb_per_token"] < metrics["model_mb"] and metrics["memory_bandwidth_gb_s"] > 0
+    assert 0 < metrics["roofline_fraction"] and metrics["roofline_tok_s"] > 0
     assert [row["engine"] for row in plot] == ["ort_int4", "ort_int4_adapter", "torch_fp32"]

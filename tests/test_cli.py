@@ -82,8 +82,9 @@ def test_sigkill_mid_write_leaves_previous_output(tmp_path):
 def _start_model_stage(tmp_path):
     """The real `model` stage on the embedded GGUF (about 20 s of loading: time to interrupt it)."""
     out = tmp_path / "models" / "base"
-    proc = subprocess.Popen([os.path.abspath(sys.executable), str(ROOT / "scripts" / "model.py"), "--params", str(ROOT / "params.yaml"),
-                             "--out", str(out), "--metrics", str(tmp_path / "m.json")], cwd=tmp_path,
+    proc = subprocess.Popen([os.path.abspath(sys.executable), str(ROOT / "scripts" / "model.py"),
+                             "--params", str(ROOT / "params.yaml"), "--out", str(out),
+                             "--metrics", str(tmp_path / "m.json")], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until it is writing into its temp dir
