@@ -100,6 +100,17 @@ def test_lora_rank_change_reruns_only_downstream_and_diffs(repo):
     assert "finetune.r" in params_diff
 
 
+def test_exp_run_and_exp_show_compare_runs(repo):
+    repo, env = repo
+    sh("git add -A && (git diff --cached --quiet || git commit -qm r8)", repo, env)
+    out = sh("dvc exp run -n rank2 -S finetune.r=2", repo, env)
+    assert ran(out) == ["finetune", "optimize", "evaluate", "benchmark", "register"]
+    table = sh("dvc exp show --md --no-pager --only-changed", repo, env)
+    header = table.splitlines()[0]
+    assert "rank2" in table, table
+    assert "quantized_adapter" in table and "finetune.r" in table.replace("params.yaml:", ""), header
+
+
 def test_dvc_push_pull_round_trip_restores_the_model_byte_for_byte(repo, tmp_path):
     import hashlib
 
