@@ -50,6 +50,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rows of dicts (same keys, in order) as a CSV with a header: what `dvc plots` reads."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -1,12 +1,10 @@
 """Stage `benchmark`: CPU tok/s of the shipped model with/without adapter, and PyTorch fp32 beside it."""
-import csv
-import io
 from pathlib import Path
 
 import click
 
 from ondevice import params as P
-from ondevice.atomic import write_json, write_text
+from ondevice.atomic import write_csv, write_json
 from ondevice.benchmark import benchmark
 from ondevice.cli import params_option, stage
 
@@ -23,11 +21,7 @@ def main(params_path, onnx_dir, base, metrics, plot):
     name = params["optimize"]["adapter_name"]
     adapter = Path(onnx_dir) / "adapters" / f"{name}.onnx_adapter"
     result, rows = benchmark(Path(onnx_dir), adapter, name, Path(base), params["benchmark"])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(plot, buf.getvalue())
+    write_csv(plot, rows)
     write_json(metrics, result)
     for r in rows:
         click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} tok/s, "

@@ -1,12 +1,9 @@
 """Stage `finetune`: LoRA on the quantized base; loss per step as a DVC plot."""
-import csv
-import io
-
 import click
 from transformers import AutoTokenizer
 
 from ondevice import params as P
-from ondevice.atomic import atomic_dir, write_json, write_text
+from ondevice.atomic import atomic_dir, write_csv, write_json
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
 from ondevice.finetune import train
@@ -26,11 +23,7 @@ def main(params_path, quantized, train_path, out, metrics, plot):
     model, history, summary = train(quantized, tokenizer, read_jsonl(train_path), f)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"])
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(plot, buf.getvalue())
+    write_csv(plot, history)
     write_json(metrics, summary)
     click.echo(f"LoRA r={f['r']}: loss {summary['train_loss_first']} -> {summary['train_loss_last']} "
                f"in {summary['seconds']} s -> {out}")
