@@ -7,7 +7,7 @@ IMAGE  ?= ondevice-llm:latest
 ARGS   ?=
 GPU_FLAG := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo --gpus all)
 
-.PHONY: help setup repro test test-all chat bench register lint docker-build docker-run docker-shell clean
+.PHONY: help setup repro test test-all chat bench bench-llama levers register lint docker-build docker-run docker-shell clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -32,11 +32,20 @@ test:  ## the default test suite (CI runs this; under ~20 min on 2 cores)
 test-all:  ## every test, the slow end-to-end ones too
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
-chat:  ## ask the shipped model: make chat PROMPT="..." [ADAPTER=travel|none]
+chat:  ## ask the shipped model: make chat PROMPT="..." [ADAPTER=travel|cooking|none]
 	$(PY) scripts/chat.py --adapter $(or $(ADAPTER),travel) "$(or $(PROMPT),What should I pack for three days in Lisbon in April?)"
 
 bench:  ## rerun only the benchmark stage
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s benchmark
+
+levers:  ## measure the CPU-speed levers (accuracy level, head block, spinning, LoRA placement) -> reports/levers.json
+	$(PY) scripts/levers.py $(ARGS)
+
+# llama.cpp's native (AVX-512/AMX) build segfaulted on multi-token prompts on our test box: AVX2 only.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
+bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside our model, as an experiment
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
+	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.llama_cpp=true $(ARGS)
 
 register:  ## manifest (register stage), then upload to Azure ML: make register ARGS=--dry-run | --next-version
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s register

@@ -15,15 +15,15 @@ from ondevice.register import git_commit, params_hash
 
 ENV = {"subscription_id": "AZURE_SUBSCRIPTION_ID", "resource_group": "AZURE_RESOURCE_GROUP",
        "workspace": "AZUREML_WORKSPACE_NAME"}
-KEY_METRICS = {  # tag name -> (metrics file, dotted key)
-    "eval_loss_int4_adapter": ("evaluate", "quantized_adapter.loss"),
-    "eval_ppl_int4_adapter": ("evaluate", "quantized_adapter.perplexity"),
-    "eval_ppl_int4_base": ("evaluate", "quantized_base.perplexity"),
-    "eval_ppl_float_base": ("evaluate", "float_base.perplexity"),
+KEY_METRICS = {  # tag name -> (metrics file, dotted key); {n} is each adapter's name
     "quant_algorithm": ("evaluate", "quantization.algorithm"),
-    "decode_tok_s_cpu_adapter": ("benchmark", "ort_int4_adapter.decode_tok_s"),
     "model_mb": ("optimize", "model_mb"),
-    "adapter_mb": ("optimize", "adapter_mb"),
+    "decode_tok_s_cpu_base": ("benchmark", "ort_int4.decode_tok_s"),
+    "eval_ppl_{n}_int4_base": ("evaluate", "on_{n}.quantized_base.perplexity"),
+    "eval_ppl_{n}_int4_adapter": ("evaluate", "on_{n}.adapter_{n}.perplexity"),
+    "eval_loss_{n}_int4_adapter": ("evaluate", "on_{n}.adapter_{n}.loss"),
+    "decode_tok_s_cpu_{n}": ("benchmark", "ort_int4_{n}.decode_tok_s"),
+    "adapter_mb_{n}": ("adapter/{n}", "adapter_mb"),
 }
 
 
@@ -50,13 +50,16 @@ def _dig(d: dict, dotted: str):
 def tags(metrics_dir: Path, params: dict) -> dict:
     out = {"git_commit": git_commit() or "unknown", "params_hash": params_hash(params),
            "base_model": params["model"]["source"], "pipeline": "ondevice"}
+    names = list(params["adapters"])
     for tag, (file, key) in KEY_METRICS.items():
-        path = Path(metrics_dir) / f"{file}.json"
-        if path.exists():
-            try:
-                out[tag] = str(_dig(json.loads(path.read_text()), key))
-            except KeyError:
-                pass
+        for n in names if "{n}" in tag else [None]:
+            path = Path(metrics_dir) / f"{file.format(n=n)}.json"
+            if path.exists():
+                try:
+                    out[tag.format(n=n)] = str(_dig(json.loads(path.read_text()), key.format(n=n)))
+                except KeyError:
+                    pass
+    out["adapters"] = ",".join(names)
     return out
 
 
@@ -71,12 +74,11 @@ def model_asset(model_dir: Path, params: dict, metrics_dir: Path, version: str |
                  type=AssetTypes.CUSTOM_MODEL, description=reg["description"], tags=tags(metrics_dir, params))
 
 
-def describe(asset, model_dir: Path) -> dict:
-    """Exactly what would be created: the asset's fields and every file under its path."""
-    files = sorted(str(p.relative_to(model_dir)) for p in Path(model_dir).rglob("*") if p.is_file())
+def describe(asset, bundle: Path) -> dict:
+    """Exactly what would be created: the asset's fields and every file it uploads."""
+    files = sorted(str(p.relative_to(bundle)) for p in Path(bundle).rglob("*") if p.is_file())
     return {"name": asset.name, "version": asset.version, "type": asset.type, "description": asset.description,
-            "tags": asset.tags, "path": str(model_dir), "files": files,
-            "bytes": sum((Path(model_dir) / f).stat().st_size for f in files)}
+            "tags": asset.tags, "files": files, "bytes": sum((Path(bundle) / f).stat().st_size for f in files)}
 
 
 def client(ws: dict):

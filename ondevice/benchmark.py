@@ -1,4 +1,6 @@
-"""CPU token throughput of the shipped model, with and without its adapter, and PyTorch fp32 beside it.
+"""CPU token throughput of the shipped model, alone and with each adapter, with peers beside it
+(PyTorch fp32; llama.cpp on the base model's GGUF when asked), adapter switching, and how decode
+speed and memory grow with context length and threads.
 
 Each engine runs in its own child process (`python -m ondevice.benchmark ENGINE ...`) so its peak
 RSS is its own; all run in the same invocation on the same prompt, so ratios between them are
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,15 +38,21 @@ def _median_run(run_once, runs: int, warmup: int) -> dict:
     return {k: round(statistics.median(r[k] for r in results), 4) for k in keys}
 
 
-def run_ort(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> dict:
+def open_ort(onnx_dir: str, threads: int):
     import onnxruntime_genai as og
 
     config = og.Config(onnx_dir)
-    if b["threads"]:
+    if threads:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": b["threads"], "inter_op_num_threads": 1}}}}))
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
     model = og.Model(config)
-    tok = og.Tokenizer(model)
+    return model, og.Tokenizer(model)
+
+
+def run_ort(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> dict:
+    import onnxruntime_genai as og
+
+    model, tok = open_ort(onnx_dir, b["threads"])
     adapters = None
     if adapter:
         adapters = og.Adapters(model)
@@ -73,6 +80,162 @@ def run_ort(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> d
                 "decode_tok_s": (n - 1) / (t_end - t_first), "generated": n}
 
     return _median_run(once, b["runs"], b["warmup"])
+
+
+def run_switch(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
+    """All adapters loaded at once; every request picks another one, as a multi-task app would."""
+    import onnxruntime_genai as og
+
+    model, tok = open_ort(onnx_dir, b["threads"])
+    rss_base = _rss_now_mb()
+    loaded, load_ms = og.Adapters(model), {}
+    for name, path in adapters.items():
+        t0 = time.perf_counter()
+        loaded.load(path, name)
+        load_ms[name] = round((time.perf_counter() - t0) * 1000, 3)
+    rss_loaded = _rss_now_mb()
+    ids = prompt_ids(tok.encode, min(b["prompt_tokens"], 16))
+    names, steps = list(adapters), 8
+    set_us, decode = [], []
+    for i in range(b["switches"] + 1):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + steps, min_length=len(ids) + steps, do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.set_active_adapter(loaded, names[i % len(names)])
+        t1 = time.perf_counter()
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        t2 = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        t3 = time.perf_counter()
+        if i:  # the first request warms up
+            set_us.append((t1 - t0) * 1e6)
+            decode.append((steps - 1) / (t3 - t2))
+    return {"adapters_loaded": len(names), "adapter_load_ms": load_ms,
+            "rss_before_adapters_mb": rss_base, "rss_all_adapters_mb": rss_loaded,
+            "set_active_adapter_us_median": round(statistics.median(set_us), 2),
+            "set_active_adapter_us_max": round(max(set_us), 2),
+            "switching_decode_tok_s": round(statistics.median(decode), 2)}
+
+
+def run_context(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> dict:
+    """Decode speed after a prompt of `context` tokens (the KV cache it attends over grows with it)."""
+    return run_ort(onnx_dir, adapter, adapter_name, {**b, "prompt_tokens": b["context"],
+                                                    "new_tokens": b["sweep_new_tokens"], "runs": 1, "warmup": 1})
+
+
+def _llama_cpp_decoder(gguf: str, b: dict):
+    """A callable that decodes `new_tokens` greedily after the benchmark prompt; returns tok/s."""
+    from llama_cpp import Llama
+
+    threads = b["threads"] or os.cpu_count()
+    llm = Llama(model_path=gguf, n_ctx=b["prompt_tokens"] + b["new_tokens"] + 8, n_threads=threads,
+                n_threads_batch=threads, n_batch=512, verbose=False)
+    ids = prompt_ids(lambda s: llm.tokenize(s.encode(), add_bos=False, special=False), b["prompt_tokens"])
+
+    def decode() -> float:
+        llm.reset()
+        n, t_first = 0, 0.0
+        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            n += 1
+            if n == 1:
+                t_first = time.perf_counter()
+            if n == b["new_tokens"]:
+                break
+        return (n - 1) / (time.perf_counter() - t_first)
+
+    return decode
+
+
+def run_llama_cpp(gguf: str, b: dict) -> dict:
+    """The peer engine: llama.cpp (llama-cpp-python) on the base model's Q4 GGUF, same prompt, greedy."""
+    from llama_cpp import Llama
+
+    threads = b["threads"] or os.cpu_count()
+    llm = Llama(model_path=gguf, n_ctx=b["prompt_tokens"] + b["new_tokens"] + 8, n_threads=threads,
+                n_threads_batch=threads, n_batch=512, verbose=False)
+    ids = prompt_ids(lambda s: llm.tokenize(s.encode(), add_bos=False, special=False), b["prompt_tokens"])
+    n_new = b["new_tokens"]
+
+    def once():
+        llm.reset()
+        t0 = time.perf_counter()
+        n, t_first = 0, t0
+        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            n += 1
+            if n == 1:
+                t_first = time.perf_counter()
+            if n == n_new:
+                break
+        t_end = time.perf_counter()
+        ttft = t_first - t0
+        return {"prefill_tok_s": len(ids) / ttft, "ttft_ms": ttft * 1000,
+                "decode_tok_s": (n - 1) / (t_end - t_first), "generated": n}
+
+    return _median_run(once, b["runs"], b["warmup"])
+
+
+def _proc_status_mb(key: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process. Not getrusage's ru_maxrss: Linux carries that
+    across exec, so a child would report its parent's peak (the bandwidth probe's 512 MB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{key}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _rss_now_mb() -> float:
+    return _proc_status_mb("VmRSS")
+
+
+def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | None = None) -> dict:
+    """Base and every adapter in one process, runs interleaved (base, a, b, base, a, b, ...): the
+    adapter cost as a paired comparison, free of the drift between separate processes. With a
+    GGUF, llama.cpp takes its turn in the same rounds (one engine runs at a time)."""
+    import onnxruntime_genai as og
+
+    model, tok = open_ort(onnx_dir, b["threads"])
+    loaded = og.Adapters(model)
+    for name, path in adapters.items():
+        loaded.load(path, name)
+    ids = prompt_ids(tok.encode, b["prompt_tokens"])
+    total = len(ids) + b["new_tokens"]
+    labels = [None, *adapters]
+    speeds = {label: [] for label in labels}
+    llama = _llama_cpp_decoder(gguf, b) if gguf else None
+    if llama:
+        speeds["llama_cpp"] = []
+    for round_ in range(b["warmup"] + b["runs"]):
+        if llama:
+            tok_s = llama()
+            if round_ >= b["warmup"]:
+                speeds["llama_cpp"].append(tok_s)
+        for label in labels:
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=total, min_length=total, do_sample=False)
+            gen = og.Generator(model, params)
+            if label:
+                gen.set_active_adapter(loaded, label)
+            gen.append_tokens(ids)
+            gen.generate_next_token()
+            t0, n = time.perf_counter(), 0
+            while not gen.is_done():
+                gen.generate_next_token()
+                n += 1
+            if round_ >= b["warmup"]:
+                speeds[label].append(n / (time.perf_counter() - t0))
+    base = statistics.median(speeds[None])
+    out = {"base_decode_tok_s": round(base, 2)}
+    for name in adapters:
+        tok_s = statistics.median(speeds[name])
+        out[f"{name}_decode_tok_s"] = round(tok_s, 2)
+        out[f"{name}_cost_pct"] = round(100 * (1 - tok_s / base), 2)
+    if llama:
+        out["llama_cpp_decode_tok_s"] = round(statistics.median(speeds["llama_cpp"]), 2)
+    return out
 
 
 def run_torch(model_dir: str, b: dict) -> dict:
@@ -138,45 +301,97 @@ def _child(engine: str, args: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def benchmark(onnx_dir: Path, adapter_path: Path, adapter_name: str, float_dir: Path, b: dict) -> tuple[dict, list]:
-    common = {"b": b, "adapter_name": adapter_name}
-    results = {
-        "ort_int4": _child("ort", {**common, "onnx_dir": str(onnx_dir), "adapter": None}),
-        "ort_int4_adapter": _child("ort", {**common, "onnx_dir": str(onnx_dir), "adapter": str(adapter_path)}),
-    }
+def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dict,
+              gguf: Path | None = None) -> tuple[dict, dict]:
+    """Every engine in its own child, all in this one run. Returns (metrics, plot rows by plot name)."""
+    onnx = str(onnx_dir)
+    results = {"ort_int4": _child("ort", {"b": b, "onnx_dir": onnx, "adapter": None, "adapter_name": ""})}
+    for name, path in adapters.items():
+        results[f"ort_int4_{name}"] = _child("ort", {"b": b, "onnx_dir": onnx, "adapter": str(path),
+                                                     "adapter_name": name})
     if b["torch_baseline"]:
-        results["torch_fp32"] = _child("torch", {**common, "model_dir": str(float_dir)})
-    base, with_adapter = results["ort_int4"], results["ort_int4_adapter"]
-    metrics = {name: r for name, r in results.items()}
+        results["torch_fp32"] = _child("torch", {"b": b, "model_dir": str(float_dir)})
+    if gguf:
+        results["llama_cpp_q4"] = _child("llama_cpp", {"b": b, "gguf": str(gguf)})
+    metrics = dict(results)
+    metrics["switching"] = _child("switch", {"b": b, "onnx_dir": onnx,
+                                             "adapters": {n: str(p) for n, p in adapters.items()}})
     metrics["threads"] = b["threads"] or os.cpu_count()
     metrics["cpu_count"] = os.cpu_count()
     metrics["model_mb"] = round(sum(p.stat().st_size for p in Path(onnx_dir).glob("model.onnx*")) / 1e6, 2)
-    metrics["adapter_mb"] = round(Path(adapter_path).stat().st_size / 1e6, 3)
-    metrics["adapter_decode_cost_pct"] = round(100 * (1 - with_adapter["decode_tok_s"] / base["decode_tok_s"]), 2)
+    metrics["adapter_mb"] = {n: round(Path(p).stat().st_size / 1e6, 3) for n, p in adapters.items()}
+    # The adapter cost from one process with runs interleaved: separate processes drift by more
+    # than the cost itself on a shared box.
+    paired = _child("paired", {"b": b, "onnx_dir": onnx, "adapters": {n: str(p) for n, p in adapters.items()},
+                               "gguf": str(gguf) if gguf else None})
+    metrics["paired"] = paired
+    cost = {n: paired[f"{n}_cost_pct"] for n in adapters}
+    metrics["adapter_decode_cost_pct"] = cost
+    metrics["adapter_decode_cost_pct_max"] = max(cost.values())
     # Decode is memory-bound: tok/s can at best be bandwidth / bytes read per token.
     metrics["weight_mb_per_token"] = round(weight_bytes_per_token(onnx_dir) / 1e6, 2)
     metrics["memory_bandwidth_gb_s"] = memory_bandwidth_gb_s()
     roofline = metrics["memory_bandwidth_gb_s"] * 1e3 / metrics["weight_mb_per_token"]
+    slowest_adapter = min(paired[f"{n}_decode_tok_s"] for n in adapters)
     metrics["roofline_tok_s"] = round(roofline, 1)
-    metrics["roofline_fraction"] = round(base["decode_tok_s"] / roofline, 3)
-    metrics["roofline_fraction_adapter"] = round(with_adapter["decode_tok_s"] / roofline, 3)
+    metrics["roofline_fraction"] = round(paired["base_decode_tok_s"] / roofline, 3)
+    metrics["roofline_fraction_adapter"] = round(slowest_adapter / roofline, 3)
     if "torch_fp32" in results:
-        torch_decode = results["torch_fp32"]["decode_tok_s"]
-        metrics["speedup_vs_torch_fp32"] = round(with_adapter["decode_tok_s"] / torch_decode, 2)
-    plot = [{"engine": name, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
-             "ttft_ms": r["ttft_ms"], "peak_rss_mb": r["peak_rss_mb"]} for name, r in results.items()]
-    return metrics, plot
+        slowest = min(results[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
+        metrics["speedup_vs_torch_fp32"] = round(slowest / results["torch_fp32"]["decode_tok_s"], 2)
+    if "llama_cpp_q4" in results:
+        # the ratio from the interleaved rounds (same process, same minutes), not separate processes
+        llama = paired["llama_cpp_decode_tok_s"]
+        metrics["adapter_vs_llama_cpp"] = round(slowest_adapter / llama, 3)
+        metrics["base_vs_llama_cpp"] = round(paired["base_decode_tok_s"] / llama, 3)
+    if b["profile"]:  # per-node time of one decode run: where the time goes, base and first adapter
+        first = next(iter(adapters))
+        metrics["profile"] = {label: _child("profile", {"b": b, "onnx_dir": onnx, "adapter": adapter,
+                                                        "adapter_name": first})
+                              for label, adapter in (("base", None), (first, str(adapters[first])))}
+    plots = {"engines": [{"engine": name, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
+                          "ttft_ms": r["ttft_ms"], "peak_rss_mb": r["peak_rss_mb"]} for name, r in results.items()]}
+    first = next(iter(adapters))
+    plots["context"] = []
+    for context in b["context_lengths"]:
+        for label, adapter in (("base", None), (first, str(adapters[first]))):
+            r = _child("context", {"b": {**b, "context": context}, "onnx_dir": onnx, "adapter": adapter,
+                                   "adapter_name": first})
+            plots["context"].append({"context": context, "model": label, "decode_tok_s": r["decode_tok_s"],
+                                     "peak_rss_mb": r["peak_rss_mb"]})
+    plots["threads"] = []
+    for threads in b["thread_counts"]:
+        for label, adapter in (("base", None), (first, str(adapters[first]))):
+            r = _child("ort", {"b": {**b, "threads": threads}, "onnx_dir": onnx, "adapter": adapter,
+                               "adapter_name": first})
+            plots["threads"].append({"threads": threads, "model": label, "decode_tok_s": r["decode_tok_s"],
+                                     "prefill_tok_s": r["prefill_tok_s"]})
+    return metrics, plots
 
 
 def main(argv: list[str]) -> None:
     engine, args = argv[0], json.loads(argv[1])
     if engine == "ort":
         out = run_ort(args["onnx_dir"], args["adapter"], args["adapter_name"], args["b"])
+    elif engine == "context":
+        out = run_context(args["onnx_dir"], args["adapter"], args["adapter_name"], args["b"])
+    elif engine == "profile":
+        from ondevice.profile import profile
+
+        b = args["b"]
+        out = profile(Path(args["onnx_dir"]), args["adapter"] and Path(args["adapter"]), args["adapter_name"],
+                      b["prompt_tokens"], b["new_tokens"], b["threads"])
+    elif engine == "paired":
+        out = run_paired(args["onnx_dir"], args["adapters"], args["b"], args.get("gguf"))
+    elif engine == "switch":
+        out = run_switch(args["onnx_dir"], args["adapters"], args["b"])
+    elif engine == "llama_cpp":
+        out = run_llama_cpp(args["gguf"], args["b"])
     elif engine == "torch":
         out = run_torch(args["model_dir"], args["b"])
     else:
         raise SystemExit(f"unknown engine {engine}")
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_rss_mb"] = _proc_status_mb("VmHWM")
     print(json.dumps(out))
 
 

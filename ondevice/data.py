@@ -12,13 +12,13 @@ from ondevice.atomic import UserError
 MIN_ROWS = 10
 
 
-def read_rows(path: str | Path) -> tuple[list[dict], list[str]]:
+def read_rows(path: str | Path, key: str = "adapters.<name>.data") -> tuple[list[dict], list[str]]:
     """Parse and validate; return (rows, warnings). Any bad row fails with its line number."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"data file {path} not found; set data.path in params.yaml")
+        raise UserError(f"data file {path} not found; set {key} in params.yaml")
     if not path.is_file():
-        raise UserError(f"data.path={path} is a directory; point it at a JSONL file")
+        raise UserError(f"{key}={path} is a directory; point it at a JSONL file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

@@ -35,6 +35,30 @@ def torch_loss(model, examples: list[dict]) -> dict:
     return _mean_loss(total, count)
 
 
+def scoring_graph(onnx_dir: Path) -> bytes | str:
+    """The shipped graph, or, if its head is pruned to the last position (prefill computes one row
+    of logits, which is what generation needs), the same graph and weights with every position's
+    logits: loss needs them all. Only the two pruning nodes go; the weights stay where they are."""
+    import onnx
+
+    path = onnx_dir / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    prune = {n.output[0]: n for n in model.graph.node if n.name.startswith("/lm_head/prune/")}
+    if not prune:
+        return str(path)
+    for node in model.graph.node:
+        if node.name.startswith("/lm_head/prune/"):
+            continue
+        while node.input and node.input[0] in prune:  # the head reads Unsqueeze(Gather(hidden, -1))
+            node.input[0] = prune[node.input[0]].input[0]
+    kept = [n for n in model.graph.node if not n.name.startswith("/lm_head/prune/")]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    logits = next(o for o in model.graph.output if o.name == "logits")
+    logits.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+    return model.SerializeToString()
+
+
 class OnnxScorer:
     """Full-sequence scoring with the shipped decoder, with or without adapter tensors."""
 
@@ -45,8 +69,9 @@ class OnnxScorer:
         opts.log_severity_level = 3  # LoRA defaults are overridable initializers on purpose
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(Path(onnx_dir) / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
+        # a graph given as bytes finds its external weights here: the shipped model.onnx.data
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_dir))
+        self.session = ort.InferenceSession(scoring_graph(Path(onnx_dir)), opts, providers=["CPUExecutionProvider"])
         decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
         self.past = {}
         for i in self.session.get_inputs():

@@ -1,4 +1,4 @@
-"""The optimize step: quantized checkpoint -> int4 ONNX for onnxruntime-genai + .onnx_adapter.
+"""The optimize step: quantized checkpoint -> int4 ONNX for onnxruntime-genai; adapters -> .onnx_adapter.
 
 Olive 0.13's ModelBuilder pass cannot drive onnxruntime-genai >= 0.16 (the module it imports moved),
 so we call the 0.18 builder's Python API directly. The builder reads Olive's `olive` checkpoint
@@ -28,6 +28,8 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
     # is_symmetric stays at the builder's default (true): it only concerns the head (the layers
     # arrive quantized), and the builder's asymmetric path leaves the tied embedding in fp32.
     extra = [f"block_size={o['int4_block_size']}", f"accuracy_level={o['int4_accuracy_level']}"]
+    if o["prune_lm_head"]:  # prefill computes the last position's logits only
+        extra.append("prune_lm_head=true")
     t0 = time.perf_counter()
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # the builder prints a line per layer
@@ -36,6 +38,8 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
         create_model(None, str(quantized_dir), str(out_dir), o["precision"], o["provider"], str(cache_dir), **options)
     # The builder re-saves the tokenizer through transformers; ours is the normalised one.
     copy_tokenizer(quantized_dir, out_dir)
+    # The HF config travels with the model: the adapter step reads the projection sizes from it.
+    shutil.copy2(quantized_dir / "config.json", out_dir / "config.json")
     # LoRA defaults are overridable initializers by design: keep onnxruntime's warning about them quiet.
     config_path = out_dir / "genai_config.json"
     genai = json.loads(config_path.read_text())
@@ -52,41 +56,33 @@ def add_adapter_inputs(onnx_dir: Path, target_modules: list[str]) -> list[onnx_l
     return targets
 
 
-def export_adapter(adapter_dir: Path, onnx_dir: Path, targets, hf_config, path: Path) -> dict:
-    """peft adapter folder -> .onnx_adapter whose names and shapes match the model's inputs."""
+def export_adapter(lora_dir: Path, onnx_dir: Path, path: Path) -> dict:
+    """peft adapter folder -> .onnx_adapter whose names and shapes match the built model's LoRA inputs."""
     from safetensors.torch import load_file
+    from transformers import AutoConfig
 
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    state = load_file(adapter_dir / "adapter_model.safetensors")
+    cfg = json.loads((lora_dir / "adapter_config.json").read_text())
+    state = load_file(lora_dir / "adapter_model.safetensors")
     scale = cfg["lora_alpha"] / cfg["r"]
-    dtype = onnx_lora.lora_dtype(onnx_dir / "model.onnx")
-    arrays = onnx_lora.adapter_arrays(state, scale, targets, hf_config, dtype=dtype)
-    onnx_lora.check_adapter_matches(onnx_dir / "model.onnx", arrays)
+    model_path = onnx_dir / "model.onnx"
+    targets = onnx_lora.graph_targets(model_path)
+    arrays = onnx_lora.adapter_arrays(state, scale, targets, AutoConfig.from_pretrained(onnx_dir),
+                                      dtype=onnx_lora.lora_dtype(model_path))
+    onnx_lora.check_adapter_matches(model_path, arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_lora.write_adapter(path, arrays)
     return {"rank": cfg["r"], "alpha": cfg["lora_alpha"], "target_modules": sorted(cfg["target_modules"]),
-            "parameters": int(sum(a.size for a in arrays.values()))}
+            "parameters": int(sum(a.size for a in arrays.values())),
+            "adapter_mb": round(path.stat().st_size / 1e6, 3)}
 
 
-def optimize(quantized_dir: Path, adapter_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
-    from transformers import AutoConfig
-
+def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
+    """The base model, with LoRA inputs (zero-size defaults) on every projection in `lora_targets`."""
     seconds = build_onnx(quantized_dir, out_dir, o, work / "builder_cache")
     shutil.rmtree(work / "builder_cache", ignore_errors=True)
-    peft_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    targets = add_adapter_inputs(out_dir, list(peft_cfg["target_modules"]))
-    hf_config = AutoConfig.from_pretrained(quantized_dir)
-    adapter_path = out_dir / "adapters" / f"{o['adapter_name']}.onnx_adapter"
-    info = export_adapter(adapter_dir, out_dir, targets, hf_config, adapter_path)
-    (out_dir / "adapters" / f"{o['adapter_name']}.json").write_text(json.dumps(info, indent=2))
-
-    def size(p):
-        return p.stat().st_size
-
+    targets = add_adapter_inputs(out_dir, list(o["lora_targets"]))
     return {
         "build_seconds": round(seconds, 2),
-        "model_mb": round(sum(size(p) for p in out_dir.glob("model.onnx*")) / 1e6, 2),
-        "adapter_mb": round(size(adapter_path) / 1e6, 3),
+        "model_mb": round(sum(p.stat().st_size for p in out_dir.glob("model.onnx*")) / 1e6, 2),
         "lora_nodes": len(targets),
-        "adapter_parameters": info["parameters"],
     }

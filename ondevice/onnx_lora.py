@@ -97,6 +97,25 @@ def add_lora_inputs(model: onnx.ModelProto, target_modules: list[str]) -> list[T
     return list(targets.values())
 
 
+INPUT_RE = re.compile(r"^model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.lora_A$")
+
+
+def graph_targets(model_path: Path) -> list[Target]:
+    """The LoRA inputs a built model already has: what any adapter for it must provide."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    found = []
+    for name, shape in dims.items():
+        m = INPUT_RE.match(name)
+        if m:
+            node = m.group(3)
+            out_features = dims[name[: -len("lora_A")] + "lora_B"][1]
+            found.append(Target(int(m.group(1)), node, FUSED.get(node, (node,)), shape[0], out_features))
+    if not found:
+        raise ValueError(f"{model_path} has no LoRA inputs; rebuild it with the optimize stage")
+    return found
+
+
 def column_slices(config, members: tuple[str, ...]) -> dict[str, slice]:
     """Where each HF projection's outputs sit inside a fused ONNX projection."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -5,6 +5,7 @@ A bad value fails with one line naming the key, the value and what is allowed.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # key -> (type, constraint). constraint: tuple of allowed values, (lo, hi) range via dict, or None.
 SCHEMA: dict[str, dict[str, tuple]] = {
     "model": {"source": (str, None)},
-    "data": {"path": (str, None), "eval_fraction": (float, {"min": 0.01, "max": 0.9}), "seed": (int, {"min": 0})},
+    "data": {"eval_fraction": (float, {"min": 0.01, "max": 0.9}), "seed": (int, {"min": 0})},
     "quantize": {
         "algorithm": (str, ALGORITHMS),
         "bits": (int, (4,)),
@@ -30,6 +31,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "awq_grid": (int, {"min": 2, "max": 100}),
         "awq_clip": (bool, None),
         "device": (str, DEVICES),
+        "calibration": (str, None),
     },
     "finetune": {
         "r": (int, {"min": 1, "max": 512}),
@@ -44,13 +46,15 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "template": (str, None),
         "device": (str, DEVICES),
     },
+    "adapters": {},  # name -> {data: path, any finetune key}: checked by _check_adapters
     "optimize": {
         "device": (str, ("cpu", "cuda")),
         "provider": (str, ("cpu", "cuda")),
         "precision": (str, ("int4",)),
         "int4_block_size": (int, (16, 32, 64, 128, 256)),
         "int4_accuracy_level": (int, (0, 1, 2, 3, 4)),
-        "adapter_name": (str, None),
+        "prune_lm_head": (bool, None),
+        "lora_targets": (list, LORA_TARGETS),
     },
     "evaluate": {
         "max_rows": (int, {"min": 1}),
@@ -64,10 +68,17 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "warmup": (int, {"min": 0, "max": 20}),
         "threads": (int, {"min": 0, "max": 256}),
         "torch_baseline": (bool, None),
+        "switches": (int, {"min": 1, "max": 10000}),
+        "context_lengths": (list, {"items": int, "min": 1, "max": 32768}),
+        "thread_counts": (list, {"items": int, "min": 1, "max": 256}),
+        "sweep_new_tokens": (int, {"min": 2, "max": 4096}),
+        "profile": (bool, None),
+        "llama_cpp": (bool, None),
     },
     "register": {"name": (str, None), "version": (int, {"min": 1}), "description": (str, None),
                  "azure": (dict, None)},
 }
+ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Workspace coordinates only: credentials never go in params.yaml (DefaultAzureCredential finds them).
 AZURE_KEYS = ("subscription_id", "resource_group", "workspace")
 
@@ -86,10 +97,17 @@ def _check(section: str, key: str, value, typ, constraint) -> None:
             if v not in constraint:
                 raise UserError(f"{where} is not allowed; allowed: {', '.join(map(str, constraint))}")
     elif isinstance(constraint, dict):
-        if "min" in constraint and value < constraint["min"]:
-            raise UserError(f"{where} is below the minimum {constraint['min']}")
-        if "max" in constraint and value > constraint["max"]:
-            raise UserError(f"{where} is above the maximum {constraint['max']}")
+        values = value if isinstance(value, list) else [value]
+        if typ is list and not values:
+            raise UserError(f"{where} is empty")
+        for v in values:
+            item = constraint.get("items")
+            if item and (not isinstance(v, item) or isinstance(v, bool)):
+                raise UserError(f"{where} holds {v!r}; expected {item.__name__} values")
+            if "min" in constraint and v < constraint["min"]:
+                raise UserError(f"{where} is below the minimum {constraint['min']}")
+            if "max" in constraint and v > constraint["max"]:
+                raise UserError(f"{where} is above the maximum {constraint['max']}")
 
 
 def validate(params: dict) -> dict:
@@ -102,6 +120,8 @@ def validate(params: dict) -> dict:
         given = params.get(section)
         if not isinstance(given, dict):
             raise UserError(f"params.yaml: section {section!r} is missing or not a mapping")
+        if section == "adapters":
+            continue
         for key in given:
             if key not in keys:
                 raise UserError(f"params.yaml: unknown key {section}.{key}; known: {', '.join(keys)}")
@@ -115,13 +135,53 @@ def validate(params: dict) -> dict:
                             "(credentials belong in `az login` or the environment, not in params)")
         if value is not None and not isinstance(value, str):
             raise UserError(f"params.yaml: register.azure.{key}={value!r} must be a string or empty")
-    template = params["finetune"]["template"]
+    _check_template("finetune.template", params["finetune"]["template"])
+    _check_adapters(params)
+    return params
+
+
+def _check_template(where: str, template: str) -> None:
     if template != "chat" and ("{prompt}" not in template or "{response}" not in template):
         raise UserError(
-            f"params.yaml: finetune.template={template!r} lacks a placeholder; "
+            f"params.yaml: {where}={template!r} lacks a placeholder; "
             "use 'chat' or a string containing both {prompt} and {response}"
         )
-    return params
+
+
+def _check_adapters(params: dict) -> None:
+    adapters = params["adapters"]
+    if not adapters:
+        raise UserError("params.yaml: adapters is empty; list at least one, e.g. travel: {data: data/travel_qa.jsonl}")
+    for name, spec in adapters.items():
+        if not isinstance(name, str) or not ADAPTER_NAME.match(name) or name == "none":
+            raise UserError(f"params.yaml: adapter name {name!r} must be lower-case letters, digits, - or _ "
+                            "(it names files and DVC stages), and not 'none'")
+        if not isinstance(spec, dict) or "data" not in spec:
+            raise UserError(f"params.yaml: adapters.{name} needs a data file, e.g. {name}: {{data: data/{name}.jsonl}}")
+        for key, value in spec.items():
+            if key == "data":
+                _check("adapters", f"{name}.data", value, str, None)
+            elif key in SCHEMA["finetune"]:
+                _check("adapters", f"{name}.{key}", value, *SCHEMA["finetune"][key])
+            else:
+                raise UserError(f"params.yaml: unknown key adapters.{name}.{key}; known: data, "
+                                f"{', '.join(SCHEMA['finetune'])}")
+        config = adapter_config(params, name)
+        _check_template(f"adapters.{name}.template", config["template"])
+        missing = [t for t in config["target_modules"] if t not in params["optimize"]["lora_targets"]]
+        if missing:
+            raise UserError(f"params.yaml: adapters.{name} trains {', '.join(missing)}, which optimize.lora_targets "
+                            "lacks; add it there (the base graph gets LoRA inputs only for those projections)")
+    if params["quantize"]["calibration"] not in adapters:
+        raise UserError(f"params.yaml: quantize.calibration={params['quantize']['calibration']!r} is not an adapter; "
+                        f"use one of {', '.join(adapters)}")
+
+
+def adapter_config(params: dict, name: str) -> dict:
+    """One adapter's effective settings: the finetune defaults overridden by adapters.<name>."""
+    if name not in params["adapters"]:
+        raise UserError(f"no adapter {name!r} in params.yaml; known: {', '.join(params['adapters'])}")
+    return {**params["finetune"], **params["adapters"][name]}
 
 
 def load(path: str | Path = "params.yaml") -> dict:
@@ -147,7 +207,9 @@ def check_model_fit(params: dict, config) -> None:
                 f"use one of {divisors}"
             )
     ctx = getattr(config, "max_position_embeddings", None)
-    for key in ("finetune.seq_len", "quantize.calibration_seq_len"):
-        section, k = key.split(".")
-        if ctx and params[section][k] > ctx:
-            raise UserError(f"params.yaml: {key}={params[section][k]} exceeds the model's context {ctx}")
+    lengths = {"finetune.seq_len": params["finetune"]["seq_len"],
+               "quantize.calibration_seq_len": params["quantize"]["calibration_seq_len"]}
+    lengths.update({f"adapters.{n}.seq_len": a["seq_len"] for n, a in params["adapters"].items() if "seq_len" in a})
+    for key, value in lengths.items():
+        if ctx and value > ctx:
+            raise UserError(f"params.yaml: {key}={value} exceeds the model's context {ctx}")

@@ -40,14 +40,37 @@ def params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def manifest(model_dir: Path, params: dict, metrics: dict) -> dict:
-    files = {str(p.relative_to(model_dir)): {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(model_dir.rglob("*")) if p.is_file()}
+def bundle_files(onnx_dir: Path, adapters_dir: Path) -> dict[str, Path]:
+    """What ships, by its path in the shipped folder: the ONNX model, and adapters/NAME.onnx_adapter."""
+    files = {str(p.relative_to(onnx_dir)): p for p in sorted(Path(onnx_dir).rglob("*")) if p.is_file()}
+    files.update({f"adapters/{p.name}": p for p in sorted(Path(adapters_dir).glob("*.onnx_adapter"))})
+    return files
+
+
+def make_bundle(onnx_dir: Path, adapters_dir: Path, dest: Path) -> Path:
+    """The shipped folder, as hard links where the filesystem allows (no 100 MB copy)."""
+    import os
+    import shutil
+
+    for rel, src in bundle_files(onnx_dir, adapters_dir).items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, target)
+        except OSError:
+            shutil.copy2(src, target)
+    return dest
+
+
+def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict) -> dict:
+    files = {rel: {"sha256": sha256(p), "bytes": p.stat().st_size}
+             for rel, p in bundle_files(onnx_dir, adapters_dir).items()}
     return {
         "name": params["register"]["name"],
         "version": params["register"]["version"],
         "description": params["register"]["description"],
-        "path": str(model_dir),
+        "path": str(onnx_dir),
+        "adapters": sorted(params["adapters"]),
         "files": files,
         "params": params,
         "params_hash": params_hash(params),

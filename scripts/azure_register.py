@@ -1,5 +1,7 @@
-"""Upload models/onnx (adapters included) to Azure ML as a custom_model, like `az ml model create`."""
+"""Upload the shipped model (models/onnx, with models/adapters as its adapters/ folder) to Azure ML
+as a custom_model, like the lab's `az ml model create`."""
 import json
+import tempfile
 from pathlib import Path
 
 import click
@@ -7,24 +9,29 @@ import click
 from ondevice import azure
 from ondevice import params as P
 from ondevice.cli import params_option, stage
+from ondevice.register import make_bundle
 
 
 @click.command()
 @params_option
-@click.option("--model", "model_dir", default="models/onnx", show_default=True)
+@click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
+@click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
 @click.option("--metrics-dir", default="metrics", show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the asset that would be created and upload nothing")
 @click.option("--next-version", is_flag=True, help="if register.version exists, take the next free version")
 @click.option("--receipt", default="reports/azure_receipt.json", show_default=True)
 @stage
-def main(params_path, model_dir, metrics_dir, dry_run, next_version, receipt):
+def main(params_path, onnx_dir, adapters_dir, metrics_dir, dry_run, next_version, receipt):
     params = P.load(params_path)
-    asset = azure.model_asset(Path(model_dir), params, Path(metrics_dir))
-    if dry_run:
-        click.echo(json.dumps(azure.describe(asset, Path(model_dir)), indent=2))
-        return
-    ws = azure.workspace(params)
-    version = azure.upload(azure.client(ws), asset, next_version)
+    azure.model_asset(Path(onnx_dir), params, Path(metrics_dir))  # fails early if there is no model
+    ws = None if dry_run else azure.workspace(params)
+    with tempfile.TemporaryDirectory(dir=Path(onnx_dir).parent) as tmp:
+        bundle = make_bundle(Path(onnx_dir), Path(adapters_dir), Path(tmp) / "model")
+        asset = azure.model_asset(bundle, params, Path(metrics_dir))
+        if dry_run:
+            click.echo(json.dumps(azure.describe(asset, bundle), indent=2))
+            return
+        version = azure.upload(azure.client(ws), asset, next_version)
     info = {"name": asset.name, "version": version, "workspace": ws["workspace"],
             "resource_group": ws["resource_group"], "tags": asset.tags}
     Path(receipt).parent.mkdir(parents=True, exist_ok=True)

@@ -1,31 +1,56 @@
-"""Stage `benchmark`: CPU tok/s of the shipped model with/without adapter, and PyTorch fp32 beside it."""
+"""Stage `benchmark`: CPU tok/s of the shipped model alone and with each adapter, adapter switching,
+context-length and thread sweeps; PyTorch fp32 (and llama.cpp, if asked) in the same run."""
+import importlib.util
 from pathlib import Path
 
 import click
 
 from ondevice import params as P
-from ondevice.atomic import write_csv, write_json
+from ondevice.atomic import UserError, write_csv, write_json
 from ondevice.benchmark import benchmark
 from ondevice.cli import params_option, stage
+from ondevice.model_source import EMBEDDED, embedded_gguf
+
+
+def llama_cpp_gguf(params: dict) -> Path | None:
+    if not params["benchmark"]["llama_cpp"]:
+        return None
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise UserError("benchmark.llama_cpp=true needs llama-cpp-python: run `make bench-llama` (it builds it)")
+    source = params["model"]["source"]
+    if source not in EMBEDDED:
+        raise UserError(f"benchmark.llama_cpp=true needs the base model as GGUF; only embedded models ship one, "
+                        f"not model.source={source}")
+    return embedded_gguf(source)
 
 
 @click.command()
 @params_option
 @click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
+@click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
 @click.option("--base", default="models/base", show_default=True)
 @click.option("--metrics", default="metrics/benchmark.json", show_default=True)
-@click.option("--plot", default="plots/benchmark.csv", show_default=True)
+@click.option("--plots", "plots_dir", default="plots/benchmark", show_default=True)
 @stage
-def main(params_path, onnx_dir, base, metrics, plot):
+def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir):
     params = P.load(params_path)
-    name = params["optimize"]["adapter_name"]
-    adapter = Path(onnx_dir) / "adapters" / f"{name}.onnx_adapter"
-    result, rows = benchmark(Path(onnx_dir), adapter, name, Path(base), params["benchmark"])
-    write_csv(plot, rows)
+    gguf = llama_cpp_gguf(params)
+    adapters = {n: Path(adapters_dir) / f"{n}.onnx_adapter" for n in params["adapters"]}
+    for name, path in adapters.items():
+        if not path.exists():
+            raise UserError(f"{path} missing; run `dvc repro adapter@{name}`")
+    result, plots = benchmark(Path(onnx_dir), adapters, Path(base), params["benchmark"], gguf)
+    for name, rows in plots.items():
+        write_csv(Path(plots_dir) / f"{name}.csv", rows)
     write_json(metrics, result)
-    for r in rows:
-        click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} tok/s, "
-                   f"TTFT {r['ttft_ms']:.0f} ms, peak RSS {r['peak_rss_mb']:.0f} MB")
+    for r in plots["engines"]:
+        click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, "
+                   f"prefill {r['prefill_tok_s']:.0f} tok/s, TTFT {r['ttft_ms']:.0f} ms, "
+                   f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    s = result["switching"]
+    click.echo(f"switching: set_active_adapter {s['set_active_adapter_us_median']} us, "
+               f"RSS {s['rss_before_adapters_mb']} -> {s['rss_all_adapters_mb']} MB "
+               f"with {s['adapters_loaded']} adapters")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ def chat_prompt(tokenizer, model_dir: Path, prompt: str) -> str:
 @click.command()
 @click.argument("prompt", required=False)
 @click.option("--model", "model_dir", default="models/onnx", show_default=True, type=click.Path(file_okay=False))
-@click.option("--adapter", default="travel", show_default=True, help="adapter name under MODEL/adapters, or none")
+@click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True,
+              type=click.Path(file_okay=False), help="folder of NAME.onnx_adapter files")
+@click.option("--adapter", default="none", show_default=True, help="which adapter serves the answer, or none")
 @click.option("--max-new-tokens", default=200, show_default=True)
-def main(prompt, model_dir, adapter, max_new_tokens):
+def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens):
     from ondevice.runtime import open_model, stream_answer
 
     model_dir = Path(model_dir)
@@ -34,10 +36,10 @@ def main(prompt, model_dir, adapter, max_new_tokens):
         raise click.ClickException("no prompt: pass one as an argument or on stdin")
     name = None if adapter.lower() == "none" else adapter
     if name:
-        path = model_dir / "adapters" / f"{name}.onnx_adapter"
+        path = Path(adapters_dir) / f"{name}.onnx_adapter"
         if not path.exists():
-            known = sorted(p.stem for p in (model_dir / "adapters").glob("*.onnx_adapter"))
-            raise click.ClickException(f"no adapter {name!r} in {model_dir}/adapters; known: {known + ['none']}")
+            known = sorted(p.stem for p in Path(adapters_dir).glob("*.onnx_adapter"))
+            raise click.ClickException(f"no adapter {name!r} in {adapters_dir}; known: {', '.join(known + ['none'])}")
     model, tokenizer, adapters = open_model(model_dir, {name: path} if name else None)
     ids = tokenizer.encode(chat_prompt(tokenizer, model_dir, prompt))
     for piece in stream_answer(model, tokenizer, adapters, name, ids, max_new_tokens):

@@ -1,4 +1,4 @@
-"""Stage `data`: validate the task JSONL and split it into train and eval, deterministically."""
+"""Stage `data@NAME`: validate one adapter's task JSONL and split it into train and eval, deterministically."""
 import click
 
 from ondevice import params as P
@@ -9,12 +9,15 @@ from ondevice.data import read_rows, split, stats, write_jsonl
 
 @click.command()
 @params_option
-@click.option("--out", default="data/prepared", show_default=True)
-@click.option("--metrics", default="metrics/data.json", show_default=True)
+@click.option("--adapter", "name", required=True, help="the adapter (params.yaml adapters.NAME) whose data to split")
+@click.option("--out", default="data/prepared/{adapter}", show_default=True)
+@click.option("--metrics", default="metrics/data/{adapter}.json", show_default=True)
 @stage
-def main(params_path, out, metrics):
-    d = P.load(params_path)["data"]
-    rows, warnings = read_rows(d["path"])
+def main(params_path, name, out, metrics):
+    params = P.load(params_path)
+    d, path = params["data"], P.adapter_config(params, name)["data"]
+    out, metrics = out.format(adapter=name), metrics.format(adapter=name)
+    rows, warnings = read_rows(path, f"adapters.{name}.data")
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     train, evals = split(rows, d["eval_fraction"], d["seed"])

@@ -1,4 +1,4 @@
-"""Stage `finetune`: LoRA on the quantized base; loss per step as a DVC plot."""
+"""Stage `finetune@NAME`: one adapter's LoRA on the shared quantized base; loss per step as a DVC plot."""
 import click
 from transformers import AutoTokenizer
 
@@ -11,21 +11,23 @@ from ondevice.finetune import train
 
 @click.command()
 @params_option
+@click.option("--adapter", "name", required=True, help="the adapter to train (params.yaml adapters.NAME)")
 @click.option("--quantized", default="models/quantized", show_default=True)
-@click.option("--train", "train_path", default="data/prepared/train.jsonl", show_default=True)
-@click.option("--out", default="models/adapter", show_default=True)
-@click.option("--metrics", default="metrics/finetune.json", show_default=True)
-@click.option("--plot", default="plots/train_loss.csv", show_default=True)
+@click.option("--train", "train_path", default="data/prepared/{adapter}/train.jsonl", show_default=True)
+@click.option("--out", default="models/lora/{adapter}", show_default=True)
+@click.option("--metrics", default="metrics/finetune/{adapter}.json", show_default=True)
+@click.option("--plot", default="plots/train_loss/{adapter}.csv", show_default=True)
 @stage
-def main(params_path, quantized, train_path, out, metrics, plot):
-    f = P.load(params_path)["finetune"]
+def main(params_path, name, quantized, train_path, out, metrics, plot):
+    f = P.adapter_config(P.load(params_path), name)
+    train_path, out, metrics, plot = (p.format(adapter=name) for p in (train_path, out, metrics, plot))
     tokenizer = AutoTokenizer.from_pretrained(quantized)
     model, history, summary = train(quantized, tokenizer, read_jsonl(train_path), f)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
     write_csv(plot, history)
     write_json(metrics, summary)
-    click.echo(f"LoRA r={f['r']}: loss {summary['train_loss_first']} -> {summary['train_loss_last']} "
+    click.echo(f"{name}: LoRA r={f['r']}: loss {summary['train_loss_first']} -> {summary['train_loss_last']} "
                f"in {summary['seconds']} s -> {out}")
 
 

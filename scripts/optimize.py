@@ -1,4 +1,4 @@
-"""Stage `optimize`: int4 ONNX model for onnxruntime-genai + the adapter as a .onnx_adapter file."""
+"""Stage `optimize`: the int4 ONNX base model for onnxruntime-genai, with LoRA inputs for any adapter."""
 import tempfile
 from pathlib import Path
 
@@ -13,11 +13,10 @@ from ondevice.export import optimize
 @click.command()
 @params_option
 @click.option("--quantized", default="models/quantized", show_default=True)
-@click.option("--adapter", default="models/adapter", show_default=True)
 @click.option("--out", default="models/onnx", show_default=True)
 @click.option("--metrics", default="metrics/optimize.json", show_default=True)
 @stage
-def main(params_path, quantized, adapter, out, metrics):
+def main(params_path, quantized, out, metrics):
     params = P.load(params_path)
     o = params["optimize"]
     if o["provider"] != o["device"]:
@@ -25,9 +24,9 @@ def main(params_path, quantized, adapter, out, metrics):
                         "set both to cpu or both to cuda")
     require_free_space(out, int(1.5 * folder_bytes(quantized)), "the ONNX model")
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
-        result = optimize(Path(quantized), Path(adapter), tmp, o, Path(work))
+        result = optimize(Path(quantized), tmp, o, Path(work))
     write_json(metrics, result)
-    click.echo(f"int4 ONNX {result['model_mb']} MB + adapter {result['adapter_mb']} MB -> {out}")
+    click.echo(f"int4 ONNX {result['model_mb']} MB, LoRA inputs on {result['lora_nodes']} projections -> {out}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from ondevice.quantize import calibration_ids, quantize
 @click.command()
 @params_option
 @click.option("--base", default="models/base", show_default=True)
-@click.option("--train", "train_path", default="data/prepared/train.jsonl", show_default=True)
+@click.option("--train", "train_path", default="data/prepared/{calibration}/train.jsonl", show_default=True,
+              help="calibration rows; {calibration} is quantize.calibration")
 @click.option("--out", default="models/quantized", show_default=True)
 @click.option("--metrics", default="metrics/quantize.json", show_default=True)
 @stage
@@ -26,8 +27,10 @@ def main(params_path, base, train_path, out, metrics):
     # Olive's working copy plus the packed output: about the size of the float base, with margin
     require_free_space(out, int(1.5 * folder_bytes(base)), "the quantized model")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    calib = calibration_ids(tokenizer, params["finetune"]["template"], read_jsonl(train_path),
-                            q["calibration_samples"], q["calibration_seq_len"], seed=params["data"]["seed"])
+    template = P.adapter_config(params, q["calibration"])["template"]
+    rows = read_jsonl(train_path.format(calibration=q["calibration"]))
+    calib = calibration_ids(tokenizer, template, rows, q["calibration_samples"], q["calibration_seq_len"],
+                            seed=params["data"]["seed"])
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         result = quantize(Path(base), tmp, q, calib, Path(work), params["optimize"]["int4_block_size"])
     write_json(metrics, result)

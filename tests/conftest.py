@@ -23,7 +23,7 @@ QUANT = dict(algorithm="awq", bits=4, group_size=32, symmetric=False, calibratio
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
             seq_len=96, seed=0, template="chat", device="cpu")
 OPT = dict(device="cpu", provider="cpu", precision="int4", int4_block_size=32, int4_accuracy_level=0,
-           adapter_name="travel")
+           prune_lm_head=True, lora_targets=["q_proj", "v_proj"])
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +109,9 @@ def trained(quantized_dir, tokenizer, rows, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_dir(quantized_dir, trained, tmp_path_factory):
-    from ondevice.export import optimize
+    from ondevice.export import export_adapter, optimize
 
     out = tmp_path_factory.mktemp("onnx")
-    optimize(quantized_dir, trained[3], out, OPT, tmp_path_factory.mktemp("owork"))
+    optimize(quantized_dir, out, OPT, tmp_path_factory.mktemp("owork"))
+    export_adapter(trained[3], out, out / "adapters" / "travel.onnx_adapter")  # the shipped layout
     return out

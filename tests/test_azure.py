@@ -18,14 +18,18 @@ WS_ENV = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000", "AZUR
           "AZUREML_WORKSPACE_NAME": "ws-travel"}
 
 
+def where(onnx_dir):
+    return ["--onnx", str(onnx_dir), "--adapters", str(onnx_dir / "adapters")]
+
+
 @pytest.fixture()
 def metrics_dir(tmp_path):
     d = tmp_path / "metrics"
     d.mkdir()
-    (d / "evaluate.json").write_text(json.dumps({"quantized_adapter": {"loss": 3.1, "perplexity": 22.2},
-                                                 "quantized_base": {"perplexity": 60.2},
-                                                 "float_base": {"perplexity": 46.6},
-                                                 "quantization": {"algorithm": "awq"}}))
+    (d / "evaluate.json").write_text(json.dumps({
+        "on_travel": {"adapter_travel": {"loss": 3.1, "perplexity": 22.2}, "quantized_base": {"perplexity": 60.2}},
+        "on_cooking": {"adapter_cooking": {"loss": 2.9, "perplexity": 18.2}, "quantized_base": {"perplexity": 50.1}},
+        "quantization": {"algorithm": "awq"}}))
     return d
 
 
@@ -33,7 +37,8 @@ def test_asset_is_a_custom_model_with_key_metric_tags(onnx_dir, metrics_dir):
     asset = azure.model_asset(onnx_dir, PARAMS, metrics_dir)
     assert type(asset).__name__ == "Model" and asset.type == "custom_model"
     assert asset.name == PARAMS["register"]["name"] and asset.version == str(PARAMS["register"]["version"])
-    assert asset.tags["eval_ppl_int4_adapter"] == "22.2" and asset.tags["quant_algorithm"] == "awq"
+    assert asset.tags["eval_ppl_travel_int4_adapter"] == "22.2" and asset.tags["quant_algorithm"] == "awq"
+    assert asset.tags["eval_ppl_cooking_int4_base"] == "50.1" and asset.tags["adapters"] == "travel,cooking"
     assert len(asset.tags["params_hash"]) == 16 and "git_commit" in asset.tags
     described = azure.describe(asset, onnx_dir)
     assert "adapters/travel.onnx_adapter" in described["files"] and "genai_config.json" in described["files"]
@@ -41,7 +46,7 @@ def test_asset_is_a_custom_model_with_key_metric_tags(onnx_dir, metrics_dir):
 
 def test_dry_run_prints_every_file_and_tag_and_no_secret(onnx_dir, metrics_dir):
     env = {**WS_ENV, "AZURE_CLIENT_SECRET": "s3cr3t-value", "PATH": __import__("os").environ["PATH"]}
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), "--model", str(onnx_dir),
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir),
                           "--metrics-dir", str(metrics_dir), "--dry-run"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -52,7 +57,7 @@ def test_dry_run_prints_every_file_and_tag_and_no_secret(onnx_dir, metrics_dir):
 
 def test_missing_workspace_is_one_line_exit_2(onnx_dir, metrics_dir):
     env = {"PATH": __import__("os").environ["PATH"], "HOME": "/nonexistent"}
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), "--model", str(onnx_dir),
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir),
                           "--metrics-dir", str(metrics_dir)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [

@@ -23,7 +23,7 @@ PY = os.path.abspath(sys.executable)  # tests chdir; keep the venv interpreter r
 GOOD = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def params_error(**changes):
+def changed(**changes) -> dict:
     p = json.loads(json.dumps(GOOD))
     for dotted, value in changes.items():
         *path, key = dotted.split(".")
@@ -34,6 +34,11 @@ def params_error(**changes):
             del node[key]
         else:
             node[key] = value
+    return p
+
+
+def params_error(**changes):
+    p = changed(**changes)
     with pytest.raises(UserError) as e:
         P.validate(p)
     return str(e.value)
@@ -50,10 +55,7 @@ def data_error(tmp_path, content: bytes):
 
 
 def script_error(tmp_path, script, *args, **param_changes):
-    p = json.loads(json.dumps(GOOD))
-    for dotted, value in param_changes.items():
-        section, key = dotted.split(".")
-        p[section][key] = value
+    p = changed(**param_changes)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     out = subprocess.run([PY, str(ROOT / "scripts" / f"{script}.py"), "--params",
                           str(tmp_path / "params.yaml"), *args], cwd=tmp_path, capture_output=True, text=True)
@@ -89,8 +91,20 @@ CASES = {
     "data-not-string": lambda t: data_error(t, b'{"prompt": ["a"], "response": "b"}\n'),
     "data-empty-value": lambda t: data_error(t, b'{"prompt": "a", "response": ""}\n'),
     "data-too-few-rows": lambda t: data_error(t, ROW * 5),
-    "data-file-missing": lambda t: script_error(t, "data", "--out", "o", **{"data.path": "nope.jsonl"}),
-    "data-path-is-dir": lambda t: script_error(t, "data", "--out", "o", **{"data.path": "."}),
+    "data-file-missing": lambda t: script_error(t, "data", "--adapter", "travel", "--out", "o",
+                                                **{"adapters.travel.data": "nope.jsonl"}),
+    "data-path-is-dir": lambda t: script_error(t, "data", "--adapter", "travel", "--out", "o",
+                                               **{"adapters.travel.data": "."}),
+    "adapters-empty": lambda t: params_error(adapters={}),
+    "adapter-bad-name": lambda t: params_error(**{"adapters.Travel Q&A": {"data": "x.jsonl"}}),
+    "adapter-no-data": lambda t: params_error(**{"adapters.cooking": {"r": 8}}),
+    "adapter-unknown-key": lambda t: params_error(**{"adapters.travel.epochs": 3}),
+    "adapter-bad-value": lambda t: params_error(**{"adapters.travel.r": 0}),
+    "adapter-target-not-in-graph": lambda t: params_error(**{"adapters.cooking.target_modules": ["q_proj", "o_proj"]}),
+    "calibration-not-an-adapter": lambda t: params_error(**{"quantize.calibration": "chess"}),
+    "adapter-unknown-name": lambda t: script_error(t, "finetune", "--adapter", "chess"),
+    "benchmark-before-adapters": lambda t: script_error(t, "benchmark"),
+    "llama-cpp-not-built": lambda t: _llama_cpp_missing(t),
     "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
     "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
@@ -122,6 +136,14 @@ def _load_error(tmp_path, text):
     with pytest.raises(UserError) as e:
         P.load("params.yaml")
     return str(e.value)
+
+
+def _llama_cpp_missing(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp"):
+        pytest.skip("llama-cpp-python is installed here")
+    return script_error(tmp_path, "benchmark", **{"benchmark.llama_cpp": True})
 
 
 def _bert(tmp_path):

@@ -54,13 +54,97 @@ def test_tokenizer_encode(benchmark, runtime):
     assert len(ids) > 300
 
 
-def test_benchmark_stage_reports_every_metric(onnx_dir, tiny_dir):
-    b = dict(prompt_tokens=16, new_tokens=8, runs=1, warmup=0, threads=1, torch_baseline=True)
-    metrics, plot = B.benchmark(onnx_dir, onnx_dir / "adapters" / "travel.onnx_adapter", "travel", tiny_dir, b)
-    for engine in ("ort_int4", "ort_int4_adapter", "torch_fp32"):
+@pytest.fixture(scope="module")
+def two_adapters(onnx_dir, tmp_path_factory):
+    """The trained adapter and a second one (its B doubled): what switching needs."""
+    from ondevice import onnx_lora
+
+    travel = onnx_dir / "adapters" / "travel.onnx_adapter"
+    arrays = onnx_lora.read_adapter(travel)
+    other = tmp_path_factory.mktemp("second") / "cooking.onnx_adapter"
+    onnx_lora.write_adapter(other, {k: v * 2 if k.endswith("lora_B") else v for k, v in arrays.items()})
+    return {"travel": travel, "cooking": other}
+
+
+def test_benchmark_stage_reports_every_metric(onnx_dir, tiny_dir, two_adapters):
+    b = dict(prompt_tokens=16, new_tokens=8, runs=1, warmup=0, threads=1, torch_baseline=True, switches=6,
+             context_lengths=[16, 48], thread_counts=[1, 2], sweep_new_tokens=4, llama_cpp=False, profile=True)
+    metrics, plots = B.benchmark(onnx_dir, two_adapters, tiny_dir, b)
+    for engine in ("ort_int4", "ort_int4_travel", "ort_int4_cooking", "torch_fp32"):
         assert metrics[engine]["decode_tok_s"] > 0 and metrics[engine]["peak_rss_mb"] > 0
         assert metrics[engine]["generated"] == 8
-    assert {"adapter_decode_cost_pct", "speedup_vs_torch_fp32", "model_mb", "adapter_mb", "threads"} <= set(metrics)
+    assert {"speedup_vs_torch_fp32", "model_mb", "threads", "adapter_decode_cost_pct_max"} <= set(metrics)
+    assert set(metrics["adapter_decode_cost_pct"]) == set(metrics["adapter_mb"]) == {"travel", "cooking"}
     assert 0 < metrics["weight_mb_per_token"] < metrics["model_mb"] and metrics["memory_bandwidth_gb_s"] > 0
     assert 0 < metrics["roofline_fraction"] and metrics["roofline_tok_s"] > 0
-    assert [row["engine"] for row in plot] == ["ort_int4", "ort_int4_adapter", "torch_fp32"]
+    paired = metrics["paired"]
+    assert paired["base_decode_tok_s"] > 0 and metrics["adapter_decode_cost_pct"]["travel"] == paired["travel_cost_pct"]
+    s = metrics["switching"]
+    assert s["adapters_loaded"] == 2 and set(s["adapter_load_ms"]) == {"travel", "cooking"}
+    assert 0 < s["set_active_adapter_us_median"] <= s["set_active_adapter_us_max"] and s["switching_decode_tok_s"] > 0
+    assert s["rss_all_adapters_mb"] >= s["rss_before_adapters_mb"] > 0
+    # each child's own peak, not its parent's: the tiny model's children stay far below the 512 MB probe
+    assert all(r["peak_rss_mb"] < 400 for r in plots["context"])
+    prof = metrics["profile"]["travel"]
+    assert prof["decode_steps"] == 7 and prof["by_category_us_per_token"]["int4_matmul"] > 0
+    # the LoRA nodes run with the zero-size defaults too: the profile shows what they cost when off
+    assert prof["by_category_us_per_token"]["lora"] > 0
+    assert "lora" in metrics["profile"]["base"]["by_category_us_per_token"]
+    assert 0 < prof["kernel_us_per_token"] <= prof["session_run_us_per_token"] <= prof["wall_us_per_token"]
+    assert [r["engine"] for r in plots["engines"]] == ["ort_int4", "ort_int4_travel", "ort_int4_cooking", "torch_fp32"]
+    assert [(r["context"], r["model"]) for r in plots["context"]] == [(16, "base"), (16, "travel"), (48, "base"),
+                                                                       (48, "travel")]
+    assert [r["threads"] for r in plots["threads"]] == [1, 1, 2, 2]
+    assert all(r["decode_tok_s"] > 0 for rows in plots.values() for r in rows)
+
+
+def test_llama_cpp_peer_decodes_the_embedded_gguf():
+    pytest.importorskip("llama_cpp", reason="optional peer: `make bench-llama` builds llama-cpp-python")
+    from ondevice.model_source import embedded_gguf
+
+    gguf = str(embedded_gguf("embedded:smollm2-135m-instruct"))
+    b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
+    r = B.run_llama_cpp(gguf, b)
+    assert r["generated"] == 8 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0
+
+
+def test_llama_cpp_takes_turns_in_the_paired_rounds(onnx_dir):
+    pytest.importorskip("llama_cpp", reason="optional peer: `make bench-llama` builds llama-cpp-python")
+    from ondevice.model_source import embedded_gguf
+
+    b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
+    adapters = {"travel": str(onnx_dir / "adapters" / "travel.onnx_adapter")}
+    r = B.run_paired(str(onnx_dir), adapters, b, str(embedded_gguf("embedded:smollm2-135m-instruct")))
+    assert r["llama_cpp_decode_tok_s"] > 0 and r["base_decode_tok_s"] > 0 and "travel_cost_pct" in r
+
+
+def test_levers_script_measures_every_variant(quantized_dir, trained, tmp_path):
+    """`make levers` on the tiny model: every variant builds, loads an adapter and is measured."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["benchmark"].update(prompt_tokens=16, new_tokens=6, runs=1, warmup=0, context_lengths=[32])
+    params["optimize"]["int4_accuracy_level"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "travel").symlink_to(trained[3])
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "levers.py"),
+                          "--params", str(tmp_path / "params.yaml"), "--quantized", str(quantized_dir),
+                          "--lora", str(tmp_path / "lora"), "--adapter", "travel", "--rounds", "1",
+                          "--out", str(tmp_path / "levers.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "levers.json").read_text())
+    assert set(result["variants"]) == {"shipped", "accuracy_level_0", "head_block_128", "no_spinning",
+                                       "full_prefill_logits", "lora_on_all_projections"}
+    for row in result["variants"].values():
+        assert row["base_decode_tok_s"] > 0 and row["travel_decode_tok_s"] > 0 and row["context_32_peak_rss_mb"] > 0
+    # the head block changes what a token reads (on this 64-wide model a 128 block pads); graph variants do not
+    variants = result["variants"]
+    assert variants["head_block_128"]["weight_mb_per_token"] != variants["shipped"]["weight_mb_per_token"]
+    assert variants["no_spinning"]["weight_mb_per_token"] == variants["shipped"]["weight_mb_per_token"]

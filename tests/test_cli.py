@@ -19,7 +19,10 @@ def run_script(name, *args, cwd=ROOT):
 
 def params_with(tmp_path, section, key, value):
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p[section][key] = value
+    node = p
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(p))
     return str(path)
@@ -30,10 +33,12 @@ def params_with(tmp_path, section, key, value):
     ("finetune", "finetune", "template", "{prompt}", "lacks a placeholder"),
     ("model", "model", "source", "/no/such/folder", "model.source=/no/such/folder: no config.json there"),
     ("model", "model", "source", "embedded:gpt-9", "model.source=embedded:gpt-9 is unknown"),
-    ("data", "data", "path", "missing.jsonl", "data file missing.jsonl not found"),
+    ("data", "adapters.travel", "data", "missing.jsonl", "data file missing.jsonl not found"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, script, section, key, value, message):
-    out = run_script(script, "--params", params_with(tmp_path, section, key, value), "--out", str(tmp_path / "o"))
+    per_adapter = ["--adapter", "travel"] if script in ("data", "finetune") else []
+    out = run_script(script, "--params", params_with(tmp_path, section, key, value), *per_adapter,
+                     "--out", str(tmp_path / "o"))
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr

@@ -94,11 +94,29 @@ def test_onnx_with_adapter_equals_torch_lora(onnx_dir, trained, tokenizer, rows,
 
 
 def test_chat_script_streams_an_answer(onnx_dir):
+    where = ["--model", str(onnx_dir), "--adapters", str(onnx_dir / "adapters")]
     for adapter in ("travel", "none"):
-        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat.py"), "--model", str(onnx_dir),
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat.py"), *where,
                               "--adapter", adapter, "--max-new-tokens", "5", "Hello?"],
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr  # a random tiny model may answer with end-of-turn at once
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat.py"), "--model", str(onnx_dir),
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "chat.py"), *where,
                           "--adapter", "cooking", "Hi"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "no adapter 'cooking'" in bad.stderr and "known: ['travel', 'none']" in bad.stderr
+    assert bad.returncode != 0 and "no adapter 'cooking'" in bad.stderr and "known: travel, none" in bad.stderr
+
+
+def test_pruned_head_is_the_last_row_of_the_scoring_graphs_logits(onnx_dir):
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)
+    assert any(n.name.startswith("/lm_head/prune/") for n in model.graph.node)  # the shipped head is pruned
+    scorer = OnnxScorer(onnx_dir)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    shipped = ort.InferenceSession(str(onnx_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    ids = np.array([[1, 520, 2000, 77, 9, 311]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **scorer.past}
+    last = shipped.run(["logits"], feed)[0]
+    full = scorer.session.run(["logits"], feed)[0]
+    assert last.shape[1] == 1 and full.shape[1] == ids.shape[1]
+    np.testing.assert_allclose(last[0, -1], full[0, -1], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,105 @@
+"""Where a decode step's time goes: onnxruntime's own per-node profile of the shipped model.
+
+Runs one greedy generation through onnxruntime-genai with session profiling on, then sums the
+kernel time of every node by what it is (int4 weight matmuls, LoRA, attention, ...) over the decode
+steps only (the first session run is the prefill). The gap between a step's wall time and the
+session's run time is onnxruntime-genai's own work around the session (KV cache, logits, search).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def category(node_name: str, op: str) -> str:
+    if "/lora/" in node_name:
+        return "lora"
+    if op == "MatMulNBits":
+        return "lm_head" if "lm_head" in node_name else "int4_matmul"
+    if op == "GroupQueryAttention":
+        return "attention"
+    if op in ("SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"):
+        return "norm"
+    if op == "RotaryEmbedding":
+        return "rotary"
+    if op in ("GatherBlockQuantized", "Gather"):
+        return "embedding"
+    return "other:" + op
+
+
+def summarize(trace: list[dict]) -> dict:
+    runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    if len(runs) < 2:
+        raise ValueError("profile has fewer than two session runs (prefill + decode)")
+    decode_start = runs[0]["ts"] + runs[0]["dur"]
+    per_category, per_op = defaultdict(float), defaultdict(float)
+    nodes = 0
+    for e in trace:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < decode_start:
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        per_category[category(e["name"], op)] += e["dur"]
+        per_op[op] += e["dur"]
+        nodes += 1
+    steps = len(runs) - 1
+    run_us = sum(r["dur"] for r in runs[1:]) / steps
+    kernel_us = sum(per_category.values()) / steps
+    return {
+        "decode_steps": steps,
+        "session_run_us_per_token": round(run_us, 1),
+        "kernel_us_per_token": round(kernel_us, 1),
+        "nodes_per_token": round(nodes / steps, 1),
+        "by_category_us_per_token": {k: round(v / steps, 1) for k, v in sorted(per_category.items(),
+                                                                            key=lambda kv: -kv[1])},
+        "by_op_us_per_token": {k: round(v / steps, 1) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def profile(onnx_dir: Path, adapter: Path | None, name: str, prompt_tokens: int, new_tokens: int,
+            threads: int) -> dict:
+    import onnxruntime_genai as og
+
+    from ondevice.benchmark import prompt_ids
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = str(Path(tmp) / "ort_profile")
+        config = og.Config(str(onnx_dir))
+        options = {"enable_profiling": prefix}
+        if threads:
+            options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        model = og.Model(config)
+        tok = og.Tokenizer(model)
+        adapters = None
+        if adapter:
+            adapters = og.Adapters(model)
+            adapters.load(str(adapter), name)
+        ids = prompt_ids(tok.encode, prompt_tokens)
+        params = og.GeneratorParams(model)
+        total = len(ids) + new_tokens
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        gen = og.Generator(model, params)
+        if adapters is not None:
+            gen.set_active_adapter(adapters, name)
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        t0, n = time.perf_counter(), 0
+        while not gen.is_done():
+            gen.generate_next_token()
+            n += 1
+        wall_us = (time.perf_counter() - t0) / n * 1e6
+        del gen, params, adapters, tok, model  # the profile file is written when the session closes
+        files = sorted(Path(tmp).glob("ort_profile*.json"))
+        if not files:
+            raise RuntimeError("onnxruntime wrote no profile file")
+        trace = json.loads(files[-1].read_text())
+    out = summarize(trace)
+    out["wall_us_per_token"] = round(wall_us, 1)
+    out["outside_session_us_per_token"] = round(wall_us - out["session_run_us_per_token"], 1)
+    out["decode_tok_s_while_profiling"] = round(1e6 / wall_us, 1)
+    return out
+
+

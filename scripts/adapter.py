@@ -1,0 +1,37 @@
+"""Stage `adapter@NAME`: one trained LoRA -> a hot-swappable .onnx_adapter for the built base model.
+
+What Olive's ExtractAdapters step produces, but read from the base graph's own LoRA inputs, so the
+file's names and shapes match the model it will be loaded into (checked before writing).
+"""
+import tempfile
+from pathlib import Path
+
+import click
+
+from ondevice import params as P
+from ondevice.atomic import write_json
+from ondevice.cli import params_option, stage
+from ondevice.export import export_adapter
+
+
+@click.command()
+@params_option
+@click.option("--adapter", "name", required=True, help="the adapter to export (params.yaml adapters.NAME)")
+@click.option("--lora", default="models/lora/{adapter}", show_default=True)
+@click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
+@click.option("--out", default="models/adapters/{adapter}.onnx_adapter", show_default=True)
+@click.option("--metrics", default="metrics/adapter/{adapter}.json", show_default=True)
+@stage
+def main(params_path, name, lora, onnx_dir, out, metrics):
+    P.adapter_config(P.load(params_path), name)  # an unknown name fails here, in one line
+    lora, out, metrics = (Path(p.format(adapter=name)) for p in (lora, out, metrics))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # same filesystem: the rename is atomic
+        info = export_adapter(lora, Path(onnx_dir), Path(tmp) / out.name)
+        (Path(tmp) / out.name).replace(out)
+    write_json(metrics, info)
+    click.echo(f"{name}: r={info['rank']}, {info['parameters']} parameters, {info['adapter_mb']} MB -> {out}")
+
+
+if __name__ == "__main__":
+    main()

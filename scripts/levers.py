@@ -1,0 +1,86 @@
+"""Measure the CPU-speed levers of issue #5 in one run: each variant of the shipped model decoded
+by the benchmark's own engine, base and with an adapter, same prompt, same process tree.
+
+Not a DVC stage (it rebuilds ONNX variants in a temp dir): `python scripts/levers.py`, after
+`make repro`; writes reports/levers.json.
+"""
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import click
+
+from ondevice import params as P
+from ondevice.atomic import write_json
+from ondevice.benchmark import _child, weight_bytes_per_token
+from ondevice.cli import params_option, stage
+from ondevice.export import export_adapter, optimize
+
+
+def variants(params: dict) -> dict:
+    """name -> (optimize overrides, session option overrides)."""
+    o = params["optimize"]
+    return {
+        "shipped": ({}, {}),
+        "accuracy_level_0": ({"int4_accuracy_level": 0}, {}),
+        "head_block_128": ({"int4_block_size": 128}, {}),
+        "no_spinning": ({}, {"session.intra_op.allow_spinning": "0"}),
+        "full_prefill_logits": ({"prune_lm_head": not o["prune_lm_head"]}, {}),
+        "lora_on_all_projections": ({"lora_targets": sorted(set(o["lora_targets"]) | {"o_proj", "gate_proj",
+                                                                                    "up_proj", "down_proj"})}, {}),
+    }
+
+
+@click.command()
+@params_option
+@click.option("--quantized", default="models/quantized", show_default=True)
+@click.option("--lora", default="models/lora", show_default=True)
+@click.option("--adapter", "name", default=None, help="adapter to measure with (default: the first in params)")
+@click.option("--rounds", default=3, show_default=True, help="passes over all variants; medians are reported")
+@click.option("--out", default="reports/levers.json", show_default=True)
+@stage
+def main(params_path, quantized, lora, name, rounds, out):
+    params = P.load(params_path)
+    name = name or next(iter(params["adapters"]))
+    b = params["benchmark"]
+    longest = max(b["context_lengths"])
+    built, results = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant, (opt, session) in variants(params).items():
+            onnx = Path(tmp) / variant
+            onnx.mkdir()
+            optimize(Path(quantized), onnx, {**params["optimize"], **opt}, Path(tmp) / "work")
+            adapter = export_adapter(Path(lora) / name, onnx, onnx / "adapters" / f"{name}.onnx_adapter")
+            if session:
+                cfg = json.loads((onnx / "genai_config.json").read_text())
+                cfg["model"]["decoder"]["session_options"].update(session)
+                (onnx / "genai_config.json").write_text(json.dumps(cfg, indent=4))
+            built[variant] = onnx
+            r = _child("context", {"b": {**b, "context": longest}, "onnx_dir": str(onnx), "adapter": None,
+                                   "adapter_name": name})
+            results[variant] = {"weight_mb_per_token": round(weight_bytes_per_token(onnx) / 1e6, 2),
+                                "adapter_mb": adapter["adapter_mb"],
+                                f"context_{longest}_prefill_tok_s": r["prefill_tok_s"],
+                                f"context_{longest}_peak_rss_mb": r["peak_rss_mb"],
+                                "runs": []}
+        # Rounds over all variants, base and adapter interleaved inside each: the box drifts.
+        for _ in range(rounds):
+            for variant, onnx in built.items():
+                paired = _child("paired", {"b": b, "onnx_dir": str(onnx),
+                                           "adapters": {name: str(onnx / "adapters" / f"{name}.onnx_adapter")}})
+                results[variant]["runs"].append(paired)
+    for variant, row in results.items():
+        runs = row.pop("runs")
+        row["base_decode_tok_s"] = round(statistics.median(r["base_decode_tok_s"] for r in runs), 1)
+        row[f"{name}_decode_tok_s"] = round(statistics.median(r[f"{name}_decode_tok_s"] for r in runs), 1)
+        row["adapter_cost_pct"] = round(statistics.median(r[f"{name}_cost_pct"] for r in runs), 2)
+        click.echo(f"{variant:>24}: base {row['base_decode_tok_s']} tok/s, +{name} {row[f'{name}_decode_tok_s']} "
+                   f"tok/s ({row['adapter_cost_pct']} %), prefill@{longest} "
+                   f"{row[f'context_{longest}_prefill_tok_s']:.0f} tok/s, RSS@{longest} "
+                   f"{row[f'context_{longest}_peak_rss_mb']} MB")
+    write_json(out, {"adapter": name, "rounds": rounds, "benchmark": b, "variants": results})
+
+
+if __name__ == "__main__":
+    main()
