@@ -38,15 +38,35 @@ def _median_run(run_once, runs: int, warmup: int) -> dict:
     return {k: round(statistics.median(r[k] for r in results), 4) for k in keys}
 
 
-def open_ort(onnx_dir: str, threads: int):
+def open_ort(onnx_dir: str, threads: int, **session_options):
     import onnxruntime_genai as og
 
     config = og.Config(onnx_dir)
     if threads:
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        session_options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
+    if session_options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
     model = og.Model(config)
     return model, og.Tokenizer(model)
+
+
+def decode_tok_s(model, adapters, adapter_name: str | None, ids: list[int], new_tokens: int) -> float:
+    """One greedy answer of exactly `new_tokens` after the prompt; tok/s of the steps after the first."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    total = len(ids) + new_tokens
+    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    gen = og.Generator(model, params)
+    if adapter_name:
+        gen.set_active_adapter(adapters, adapter_name)
+    gen.append_tokens(ids)
+    gen.generate_next_token()
+    t0, n = time.perf_counter(), 0
+    while not gen.is_done():
+        gen.generate_next_token()
+        n += 1
+    return n / (time.perf_counter() - t0)
 
 
 def run_ort(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> dict:
@@ -202,7 +222,6 @@ def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | Non
     for name, path in adapters.items():
         loaded.load(path, name)
     ids = prompt_ids(tok.encode, b["prompt_tokens"])
-    total = len(ids) + b["new_tokens"]
     labels = [None, *adapters]
     speeds = {label: [] for label in labels}
     llama = _llama_cpp_decoder(gguf, b) if gguf else None
@@ -214,19 +233,9 @@ def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | Non
             if round_ >= b["warmup"]:
                 speeds["llama_cpp"].append(tok_s)
         for label in labels:
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=total, min_length=total, do_sample=False)
-            gen = og.Generator(model, params)
-            if label:
-                gen.set_active_adapter(loaded, label)
-            gen.append_tokens(ids)
-            gen.generate_next_token()
-            t0, n = time.perf_counter(), 0
-            while not gen.is_done():
-                gen.generate_next_token()
-                n += 1
+            tok_s = decode_tok_s(model, loaded, label, ids, b["new_tokens"])
             if round_ >= b["warmup"]:
-                speeds[label].append(n / (time.perf_counter() - t0))
+                speeds[label].append(tok_s)
     base = statistics.median(speeds[None])
     out = {"base_decode_tok_s": round(base, 2)}
     for name in adapters:

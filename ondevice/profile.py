@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -62,44 +61,24 @@ def profile(onnx_dir: Path, adapter: Path | None, name: str, prompt_tokens: int,
             threads: int) -> dict:
     import onnxruntime_genai as og
 
-    from ondevice.benchmark import prompt_ids
+    from ondevice.benchmark import decode_tok_s, open_ort, prompt_ids
 
     with tempfile.TemporaryDirectory() as tmp:
-        prefix = str(Path(tmp) / "ort_profile")
-        config = og.Config(str(onnx_dir))
-        options = {"enable_profiling": prefix}
-        if threads:
-            options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-        model = og.Model(config)
-        tok = og.Tokenizer(model)
+        model, tok = open_ort(str(onnx_dir), threads, enable_profiling=str(Path(tmp) / "ort_profile"))
         adapters = None
         if adapter:
             adapters = og.Adapters(model)
             adapters.load(str(adapter), name)
-        ids = prompt_ids(tok.encode, prompt_tokens)
-        params = og.GeneratorParams(model)
-        total = len(ids) + new_tokens
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
-        gen = og.Generator(model, params)
-        if adapters is not None:
-            gen.set_active_adapter(adapters, name)
-        gen.append_tokens(ids)
-        gen.generate_next_token()
-        t0, n = time.perf_counter(), 0
-        while not gen.is_done():
-            gen.generate_next_token()
-            n += 1
-        wall_us = (time.perf_counter() - t0) / n * 1e6
-        del gen, params, adapters, tok, model  # the profile file is written when the session closes
+        tok_s = decode_tok_s(model, adapters, name if adapters else None, prompt_ids(tok.encode, prompt_tokens),
+                             new_tokens)
+        del adapters, tok, model  # the profile file is written when the session closes
         files = sorted(Path(tmp).glob("ort_profile*.json"))
         if not files:
             raise RuntimeError("onnxruntime wrote no profile file")
         trace = json.loads(files[-1].read_text())
     out = summarize(trace)
+    wall_us = 1e6 / tok_s
     out["wall_us_per_token"] = round(wall_us, 1)
     out["outside_session_us_per_token"] = round(wall_us - out["session_run_us_per_token"], 1)
-    out["decode_tok_s_while_profiling"] = round(1e6 / wall_us, 1)
+    out["decode_tok_s_while_profiling"] = round(tok_s, 1)
     return out
-
-
