@@ -51,12 +51,15 @@ def tags(metrics_dir: Path, params: dict) -> dict:
     out = {"git_commit": git_commit() or "unknown", "params_hash": params_hash(params),
            "base_model": params["model"]["source"], "pipeline": "ondevice"}
     names = list(params["adapters"])
+    files = {}  # each metrics file read once
     for tag, (file, key) in KEY_METRICS.items():
         for n in names if "{n}" in tag else [None]:
             path = Path(metrics_dir) / f"{file.format(n=n)}.json"
-            if path.exists():
+            if path not in files:
+                files[path] = json.loads(path.read_text()) if path.exists() else None
+            if files[path] is not None:
                 try:
-                    out[tag.format(n=n)] = str(_dig(json.loads(path.read_text()), key.format(n=n)))
+                    out[tag.format(n=n)] = str(_dig(files[path], key.format(n=n)))
                 except KeyError:
                     pass
     out["adapters"] = ",".join(names)

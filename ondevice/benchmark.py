@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from ondevice.runtime import open_model
+
 PROMPT = ("I am planning a two week trip through Portugal and Spain by train in late spring. "
           "I like old towns, seafood, long walks and small museums, and I want to keep the budget "
           "reasonable. Which cities should I include, how should I split the days, what should I "
@@ -36,18 +38,6 @@ def _median_run(run_once, runs: int, warmup: int) -> dict:
     results = [run_once() for _ in range(runs)]
     keys = results[0].keys()
     return {k: round(statistics.median(r[k] for r in results), 4) for k in keys}
-
-
-def open_ort(onnx_dir: str, threads: int, **session_options):
-    import onnxruntime_genai as og
-
-    config = og.Config(onnx_dir)
-    if threads:
-        session_options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
-    if session_options:
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
-    model = og.Model(config)
-    return model, og.Tokenizer(model)
 
 
 def decode_tok_s(model, adapters, adapter_name: str | None, ids: list[int], new_tokens: int) -> float:
@@ -72,11 +62,7 @@ def decode_tok_s(model, adapters, adapter_name: str | None, ids: list[int], new_
 def run_ort(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> dict:
     import onnxruntime_genai as og
 
-    model, tok = open_ort(onnx_dir, b["threads"])
-    adapters = None
-    if adapter:
-        adapters = og.Adapters(model)
-        adapters.load(adapter, adapter_name)
+    model, tok, adapters = open_model(onnx_dir, {adapter_name: adapter} if adapter else None, b["threads"])
     ids = prompt_ids(tok.encode, b["prompt_tokens"])
     total = len(ids) + b["new_tokens"]
 
@@ -106,7 +92,7 @@ def run_switch(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
     """All adapters loaded at once; every request picks another one, as a multi-task app would."""
     import onnxruntime_genai as og
 
-    model, tok = open_ort(onnx_dir, b["threads"])
+    model, tok, _ = open_model(onnx_dir, None, b["threads"])
     rss_base = _rss_now_mb()
     loaded, load_ms = og.Adapters(model), {}
     for name, path in adapters.items():
@@ -146,55 +132,37 @@ def run_context(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) 
                                                     "new_tokens": b["sweep_new_tokens"], "runs": 1, "warmup": 1})
 
 
-def _llama_cpp_decoder(gguf: str, b: dict):
-    """A callable that decodes `new_tokens` greedily after the benchmark prompt; returns tok/s."""
+def _open_llama_cpp(gguf: str, b: dict):
+    """llama.cpp on the GGUF with the benchmark's threads, and the benchmark prompt in its tokens."""
     from llama_cpp import Llama
 
     threads = b["threads"] or os.cpu_count()
     llm = Llama(model_path=gguf, n_ctx=b["prompt_tokens"] + b["new_tokens"] + 8, n_threads=threads,
                 n_threads_batch=threads, n_batch=512, verbose=False)
-    ids = prompt_ids(lambda s: llm.tokenize(s.encode(), add_bos=False, special=False), b["prompt_tokens"])
+    return llm, prompt_ids(lambda s: llm.tokenize(s.encode(), add_bos=False, special=False), b["prompt_tokens"])
 
-    def decode() -> float:
-        llm.reset()
-        n, t_first = 0, 0.0
-        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-            n += 1
-            if n == 1:
-                t_first = time.perf_counter()
-            if n == b["new_tokens"]:
-                break
-        return (n - 1) / (time.perf_counter() - t_first)
 
-    return decode
+def _llama_cpp_generate(llm, ids: list[int], n_new: int) -> dict:
+    """One greedy answer of exactly `n_new` tokens, timed like run_ort's."""
+    llm.reset()
+    t0 = time.perf_counter()
+    n, t_first = 0, t0
+    for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        n += 1
+        if n == 1:
+            t_first = time.perf_counter()
+        if n == n_new:
+            break
+    t_end = time.perf_counter()
+    ttft = t_first - t0
+    return {"prefill_tok_s": len(ids) / ttft, "ttft_ms": ttft * 1000,
+            "decode_tok_s": (n - 1) / (t_end - t_first), "generated": n}
 
 
 def run_llama_cpp(gguf: str, b: dict) -> dict:
     """The peer engine: llama.cpp (llama-cpp-python) on the base model's Q4 GGUF, same prompt, greedy."""
-    from llama_cpp import Llama
-
-    threads = b["threads"] or os.cpu_count()
-    llm = Llama(model_path=gguf, n_ctx=b["prompt_tokens"] + b["new_tokens"] + 8, n_threads=threads,
-                n_threads_batch=threads, n_batch=512, verbose=False)
-    ids = prompt_ids(lambda s: llm.tokenize(s.encode(), add_bos=False, special=False), b["prompt_tokens"])
-    n_new = b["new_tokens"]
-
-    def once():
-        llm.reset()
-        t0 = time.perf_counter()
-        n, t_first = 0, t0
-        for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-            n += 1
-            if n == 1:
-                t_first = time.perf_counter()
-            if n == n_new:
-                break
-        t_end = time.perf_counter()
-        ttft = t_first - t0
-        return {"prefill_tok_s": len(ids) / ttft, "ttft_ms": ttft * 1000,
-                "decode_tok_s": (n - 1) / (t_end - t_first), "generated": n}
-
-    return _median_run(once, b["runs"], b["warmup"])
+    llm, ids = _open_llama_cpp(gguf, b)
+    return _median_run(lambda: _llama_cpp_generate(llm, ids, b["new_tokens"]), b["runs"], b["warmup"])
 
 
 def _proc_status_mb(key: str) -> float:
@@ -215,21 +183,16 @@ def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | Non
     """Base and every adapter in one process, runs interleaved (base, a, b, base, a, b, ...): the
     adapter cost as a paired comparison, free of the drift between separate processes. With a
     GGUF, llama.cpp takes its turn in the same rounds (one engine runs at a time)."""
-    import onnxruntime_genai as og
-
-    model, tok = open_ort(onnx_dir, b["threads"])
-    loaded = og.Adapters(model)
-    for name, path in adapters.items():
-        loaded.load(path, name)
+    model, tok, loaded = open_model(onnx_dir, adapters, b["threads"])
     ids = prompt_ids(tok.encode, b["prompt_tokens"])
     labels = [None, *adapters]
     speeds = {label: [] for label in labels}
-    llama = _llama_cpp_decoder(gguf, b) if gguf else None
+    llama = _open_llama_cpp(gguf, b) if gguf else None
     if llama:
         speeds["llama_cpp"] = []
     for round_ in range(b["warmup"] + b["runs"]):
         if llama:
-            tok_s = llama()
+            tok_s = _llama_cpp_generate(*llama, b["new_tokens"])["decode_tok_s"]
             if round_ >= b["warmup"]:
                 speeds["llama_cpp"].append(tok_s)
         for label in labels:
@@ -313,26 +276,25 @@ def _child(engine: str, args: dict) -> dict:
 def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dict,
               gguf: Path | None = None) -> tuple[dict, dict]:
     """Every engine in its own child, all in this one run. Returns (metrics, plot rows by plot name)."""
-    onnx = str(onnx_dir)
+    onnx, paths = str(onnx_dir), {n: str(p) for n, p in adapters.items()}
+    first = next(iter(adapters))  # the sweeps and the profile run base and the first adapter
+    base_and_first = (("base", None), (first, paths[first]))
     results = {"ort_int4": _child("ort", {"b": b, "onnx_dir": onnx, "adapter": None, "adapter_name": ""})}
-    for name, path in adapters.items():
-        results[f"ort_int4_{name}"] = _child("ort", {"b": b, "onnx_dir": onnx, "adapter": str(path),
-                                                     "adapter_name": name})
+    for name, path in paths.items():
+        results[f"ort_int4_{name}"] = _child("ort", {"b": b, "onnx_dir": onnx, "adapter": path, "adapter_name": name})
     if b["torch_baseline"]:
         results["torch_fp32"] = _child("torch", {"b": b, "model_dir": str(float_dir)})
     if gguf:
         results["llama_cpp_q4"] = _child("llama_cpp", {"b": b, "gguf": str(gguf)})
     metrics = dict(results)
-    metrics["switching"] = _child("switch", {"b": b, "onnx_dir": onnx,
-                                             "adapters": {n: str(p) for n, p in adapters.items()}})
+    metrics["switching"] = _child("switch", {"b": b, "onnx_dir": onnx, "adapters": paths})
     metrics["threads"] = b["threads"] or os.cpu_count()
     metrics["cpu_count"] = os.cpu_count()
     metrics["model_mb"] = round(sum(p.stat().st_size for p in Path(onnx_dir).glob("model.onnx*")) / 1e6, 2)
     metrics["adapter_mb"] = {n: round(Path(p).stat().st_size / 1e6, 3) for n, p in adapters.items()}
     # The adapter cost from one process with runs interleaved: separate processes drift by more
     # than the cost itself on a shared box.
-    paired = _child("paired", {"b": b, "onnx_dir": onnx, "adapters": {n: str(p) for n, p in adapters.items()},
-                               "gguf": str(gguf) if gguf else None})
+    paired = _child("paired", {"b": b, "onnx_dir": onnx, "adapters": paths, "gguf": str(gguf) if gguf else None})
     metrics["paired"] = paired
     cost = {n: paired[f"{n}_cost_pct"] for n in adapters}
     metrics["adapter_decode_cost_pct"] = cost
@@ -353,53 +315,48 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
         llama = paired["llama_cpp_decode_tok_s"]
         metrics["adapter_vs_llama_cpp"] = round(slowest_adapter / llama, 3)
         metrics["base_vs_llama_cpp"] = round(paired["base_decode_tok_s"] / llama, 3)
-    if b["profile"]:  # per-node time of one decode run: where the time goes, base and first adapter
-        first = next(iter(adapters))
-        metrics["profile"] = {label: _child("profile", {"b": b, "onnx_dir": onnx, "adapter": adapter,
+    if b["profile"]:  # per-node time of one decode run: where the time goes
+        metrics["profile"] = {label: _child("profile", {"b": b, "onnx_dir": onnx, "adapter": path,
                                                         "adapter_name": first})
-                              for label, adapter in (("base", None), (first, str(adapters[first])))}
+                              for label, path in base_and_first}
     plots = {"engines": [{"engine": name, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
                           "ttft_ms": r["ttft_ms"], "peak_rss_mb": r["peak_rss_mb"]} for name, r in results.items()]}
-    first = next(iter(adapters))
-    plots["context"] = []
-    for context in b["context_lengths"]:
-        for label, adapter in (("base", None), (first, str(adapters[first]))):
-            r = _child("context", {"b": {**b, "context": context}, "onnx_dir": onnx, "adapter": adapter,
-                                   "adapter_name": first})
-            plots["context"].append({"context": context, "model": label, "decode_tok_s": r["decode_tok_s"],
-                                     "peak_rss_mb": r["peak_rss_mb"]})
-    plots["threads"] = []
-    for threads in b["thread_counts"]:
-        for label, adapter in (("base", None), (first, str(adapters[first]))):
-            r = _child("ort", {"b": {**b, "threads": threads}, "onnx_dir": onnx, "adapter": adapter,
-                               "adapter_name": first})
-            plots["threads"].append({"threads": threads, "model": label, "decode_tok_s": r["decode_tok_s"],
-                                     "prefill_tok_s": r["prefill_tok_s"]})
+    # sweep key -> (engine, what each point varies, the second column of its plot)
+    sweeps = {"context": ("context", "context_lengths", "peak_rss_mb"),
+              "threads": ("ort", "thread_counts", "prefill_tok_s")}
+    for key, (engine, values, column) in sweeps.items():
+        plots[key] = []
+        for value in b[values]:
+            for label, path in base_and_first:
+                r = _child(engine, {"b": {**b, key: value}, "onnx_dir": onnx, "adapter": path, "adapter_name": first})
+                plots[key].append({key: value, "model": label, "decode_tok_s": r["decode_tok_s"], column: r[column]})
     return metrics, plots
+
+
+def _profile_engine(args: dict) -> dict:
+    from ondevice.profile import profile
+
+    b = args["b"]
+    return profile(Path(args["onnx_dir"]), args["adapter"] and Path(args["adapter"]), args["adapter_name"],
+                   b["prompt_tokens"], b["new_tokens"], b["threads"])
+
+
+ENGINES = {  # name -> what a child process runs, from its JSON arguments
+    "ort": lambda a: run_ort(a["onnx_dir"], a["adapter"], a["adapter_name"], a["b"]),
+    "context": lambda a: run_context(a["onnx_dir"], a["adapter"], a["adapter_name"], a["b"]),
+    "profile": _profile_engine,
+    "paired": lambda a: run_paired(a["onnx_dir"], a["adapters"], a["b"], a.get("gguf")),
+    "switch": lambda a: run_switch(a["onnx_dir"], a["adapters"], a["b"]),
+    "llama_cpp": lambda a: run_llama_cpp(a["gguf"], a["b"]),
+    "torch": lambda a: run_torch(a["model_dir"], a["b"]),
+}
 
 
 def main(argv: list[str]) -> None:
     engine, args = argv[0], json.loads(argv[1])
-    if engine == "ort":
-        out = run_ort(args["onnx_dir"], args["adapter"], args["adapter_name"], args["b"])
-    elif engine == "context":
-        out = run_context(args["onnx_dir"], args["adapter"], args["adapter_name"], args["b"])
-    elif engine == "profile":
-        from ondevice.profile import profile
-
-        b = args["b"]
-        out = profile(Path(args["onnx_dir"]), args["adapter"] and Path(args["adapter"]), args["adapter_name"],
-                      b["prompt_tokens"], b["new_tokens"], b["threads"])
-    elif engine == "paired":
-        out = run_paired(args["onnx_dir"], args["adapters"], args["b"], args.get("gguf"))
-    elif engine == "switch":
-        out = run_switch(args["onnx_dir"], args["adapters"], args["b"])
-    elif engine == "llama_cpp":
-        out = run_llama_cpp(args["gguf"], args["b"])
-    elif engine == "torch":
-        out = run_torch(args["model_dir"], args["b"])
-    else:
+    if engine not in ENGINES:
         raise SystemExit(f"unknown engine {engine}")
+    out = ENGINES[engine](args)
     out["peak_rss_mb"] = _proc_status_mb("VmHWM")
     print(json.dumps(out))
 

@@ -64,11 +64,11 @@ def export_adapter(lora_dir: Path, onnx_dir: Path, path: Path) -> dict:
     cfg = json.loads((lora_dir / "adapter_config.json").read_text())
     state = load_file(lora_dir / "adapter_model.safetensors")
     scale = cfg["lora_alpha"] / cfg["r"]
-    model_path = onnx_dir / "model.onnx"
-    targets = onnx_lora.graph_targets(model_path)
+    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False)  # read once, used thrice
+    targets = onnx_lora.graph_targets(graph)
     arrays = onnx_lora.adapter_arrays(state, scale, targets, AutoConfig.from_pretrained(onnx_dir),
-                                      dtype=onnx_lora.lora_dtype(model_path))
-    onnx_lora.check_adapter_matches(model_path, arrays)
+                                      dtype=onnx_lora.lora_dtype(graph))
+    onnx_lora.check_adapter_matches(graph, arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_lora.write_adapter(path, arrays)
     return {"rank": cfg["r"], "alpha": cfg["lora_alpha"], "target_modules": sorted(cfg["target_modules"]),

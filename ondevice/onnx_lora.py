@@ -100,9 +100,14 @@ def add_lora_inputs(model: onnx.ModelProto, target_modules: list[str]) -> list[T
 INPUT_RE = re.compile(r"^model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.lora_A$")
 
 
-def graph_targets(model_path: Path) -> list[Target]:
+def _graph(model: onnx.ModelProto | Path) -> onnx.ModelProto:
+    """A model's graph without its weights: callers that already hold it pass it, the rest a path."""
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+
+
+def graph_targets(model: onnx.ModelProto | Path) -> list[Target]:
     """The LoRA inputs a built model already has: what any adapter for it must provide."""
-    model = onnx.load(str(model_path), load_external_data=False)
+    model = _graph(model)
     dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     found = []
     for name, shape in dims.items():
@@ -112,7 +117,7 @@ def graph_targets(model_path: Path) -> list[Target]:
             out_features = dims[name[: -len("lora_A")] + "lora_B"][1]
             found.append(Target(int(m.group(1)), node, FUSED.get(node, (node,)), shape[0], out_features))
     if not found:
-        raise ValueError(f"{model_path} has no LoRA inputs; rebuild it with the optimize stage")
+        raise ValueError("the model has no LoRA inputs; rebuild it with the optimize stage")
     return found
 
 
@@ -180,13 +185,12 @@ def read_adapter(path: Path) -> dict:
     return arrays
 
 
-def check_adapter_matches(model_path: Path, arrays: dict) -> None:
+def check_adapter_matches(model: onnx.ModelProto | Path, arrays: dict) -> None:
     """Fail loudly if an adapter names an input the model lacks or has a wrong fixed dimension."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    inputs = {i.name: i for i in model.graph.input}
+    inputs = {i.name: i for i in _graph(model).graph.input}
     for name, arr in arrays.items():
         if name not in inputs:
-            raise ValueError(f"adapter parameter {name} is not an input of {model_path}")
+            raise ValueError(f"adapter parameter {name} is not an input of the model")
         dims = inputs[name].type.tensor_type.shape.dim
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value != arr.shape[axis]:
@@ -197,13 +201,7 @@ def check_adapter_matches(model_path: Path, arrays: dict) -> None:
         raise ValueError(f"adapter lacks {len(missing)} LoRA inputs of the model, e.g. {missing[0]}")
 
 
-def lora_dtype(model_path: Path):
+def lora_dtype(model: onnx.ModelProto | Path):
     """numpy dtype of the model's LoRA inputs (fp32 for CPU builds, fp16 for CUDA builds)."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    elem = next(i.type.tensor_type.elem_type for i in model.graph.input if i.name.endswith(".lora_A"))
+    elem = next(i.type.tensor_type.elem_type for i in _graph(model).graph.input if i.name.endswith(".lora_A"))
     return helper.tensor_dtype_to_np_dtype(elem)
-
-
-def lora_inputs(model: onnx.ModelProto) -> list[str]:
-    return [i.name for i in model.graph.input if i.name.endswith((".lora_A", ".lora_B"))]
-

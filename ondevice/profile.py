@@ -59,16 +59,12 @@ def summarize(trace: list[dict]) -> dict:
 
 def profile(onnx_dir: Path, adapter: Path | None, name: str, prompt_tokens: int, new_tokens: int,
             threads: int) -> dict:
-    import onnxruntime_genai as og
-
-    from ondevice.benchmark import decode_tok_s, open_ort, prompt_ids
+    from ondevice.benchmark import decode_tok_s, prompt_ids
+    from ondevice.runtime import open_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, tok = open_ort(str(onnx_dir), threads, enable_profiling=str(Path(tmp) / "ort_profile"))
-        adapters = None
-        if adapter:
-            adapters = og.Adapters(model)
-            adapters.load(str(adapter), name)
+        model, tok, adapters = open_model(onnx_dir, {name: adapter} if adapter else None, threads,
+                                          enable_profiling=str(Path(tmp) / "ort_profile"))
         tok_s = decode_tok_s(model, adapters, name if adapters else None, prompt_ids(tok.encode, prompt_tokens),
                              new_tokens)
         del adapters, tok, model  # the profile file is written when the session closes

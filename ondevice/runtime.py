@@ -10,11 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def open_model(model_dir: Path, adapters: dict[str, Path] | None = None):
-    """Load the model, its tokenizer and any adapters (name -> .onnx_adapter path)."""
+def open_model(model_dir: Path, adapters: dict[str, Path] | None = None, threads: int = 0, **session_options):
+    """Load the model, its tokenizer and any adapters (name -> .onnx_adapter path); `threads` and
+    `session_options` override the decoder's session options in genai_config.json."""
+    import json
+
     import onnxruntime_genai as og
 
-    model = og.Model(str(model_dir))
+    config = og.Config(str(model_dir))
+    if threads:
+        session_options.update(intra_op_num_threads=threads, inter_op_num_threads=1)
+    if session_options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
+    model = og.Model(config)
     loaded = None
     if adapters:
         loaded = og.Adapters(model)
