@@ -3,11 +3,10 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
 PY     := $(BIN)/python
-IMAGE  ?= ondevice-llm:latest
 ARGS   ?=
-GPU_FLAG := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo --gpus all)
 
-.PHONY: help setup repro test test-all chat bench bench-llama levers register lint docker-build docker-run docker-shell clean
+.PHONY: help setup repro repro-gpu test test-all chat bench bench-llama levers register lint \
+        docker-base docker-build docker-run docker-shell docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -47,22 +46,93 @@ bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.llama_cpp=true $(ARGS)
 
+# The GPU profile (README "GPU path"): every stage on CUDA, on a random-init model of Phi-3.5-mini's
+# exact shape; give real weights with ARGS="-S model.source=microsoft/Phi-3.5-mini-instruct".
+GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S finetune.device=cuda \
+  -S finetune.batch_size=4 -S finetune.seq_len=512 -S finetune.r=64 -S finetune.alpha=128 \
+  -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.device=cuda \
+  -S optimize.provider=cuda -S evaluate.device=cuda -S evaluate.rtn_reference=false \
+  -S benchmark.builder_reference=true -S benchmark.profile=false
+repro-gpu:  ## the whole pipeline on one CUDA GPU (Phi-3.5-mini-shaped; ARGS adds or overrides -S)
+	PATH=$(BIN):$$PATH $(BIN)/dvc exp run $(GPU_PROFILE) $(ARGS)
+
 register:  ## manifest (register stage), then upload to Azure ML: make register ARGS=--dry-run | --next-version
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s register
 	$(PY) scripts/azure_register.py $(ARGS)
+
+# README "When one machine is not enough": one experiment per -S (space-separated overrides in one -S go together)
+.PHONY: azure-job sweep
+JOBS ?= 2
+azure-job:  ## the pipeline as Azure ML jobs, one per -S: make azure-job ARGS="[--dry-run] -S finetune.r=8 -S finetune.r=32"
+	PATH=$(BIN):$$PATH $(PY) scripts/azure_job.py $(ARGS)
+
+sweep:  ## variants on DVC's queue, JOBS at a time, cores split: make sweep ARGS="-S finetune.r=4 -S finetune.r=8"
+	PATH=$(BIN):$$PATH $(PY) scripts/sweep.py --jobs $(JOBS) $(ARGS)
 
 lint:  ## lint the Dockerfile (hadolint) and the Python (ruff), if installed
 	$(BIN)/hadolint --config .hadolint.yaml docker/Dockerfile
 	$(BIN)/ruff check ondevice scripts tests
 
-docker-build:  ## build the CUDA 12 image
-	docker build -f docker/Dockerfile -t $(IMAGE) .
+# ---- Container (README "Container"): docker where an engine answers, else podman ----
+IMAGE      ?= ondevice-llm:latest
+BASE       ?= nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+FLAVOUR    ?= $(if $(findstring nvidia/cuda,$(BASE)),cuda,cpu)
+LOCAL_BASE ?= localhost/debian:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+TORCH_WHEELS  ?= /opt/wheels
+TORCH_VERSION := $(shell sed -n 's/^torch==\([^ #]*\).*/\1/p' requirements.txt)
+# evaluated once, on first use: a docker client without an engine (no `docker info`) means podman
+ENGINE     ?= $(eval ENGINE := $$(shell docker info >/dev/null 2>&1 && echo docker || echo podman))$(ENGINE)
+# podman only: containers.conf without default ulimits (nested machines refuse to raise them), runc
+# where installed (crun fails on cgroups-v1/hybrid hosts), host network, the host's CA bundle for pip;
+# images in docker format (OCI images drop the Dockerfile's SHELL); PODMAN_STORAGE=vfs where overlay
+# cannot work (storage on an overlay filesystem). PODMAN_CONF= keeps your own containers.conf.
+PODMAN_CONF    ?= $(CURDIR)/docker/podman-containers.conf
+PODMAN_STORAGE ?=
+PODMAN_RUNTIME ?= $(if $(shell command -v runc 2>/dev/null),runc)
+CA_BUNDLE      ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+HAS_GPU    := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+podman_env  = $(if $(PODMAN_CONF),CONTAINERS_CONF=$(PODMAN_CONF))
+podman_opts = --network host $(if $(PODMAN_RUNTIME),--runtime $(PODMAN_RUNTIME)) \
+              $(if $(CA_BUNDLE),-v $(CA_BUNDLE):/etc/ssl/host-ca.crt:ro)
+CONTAINER   = $(if $(filter podman,$(ENGINE)),$(podman_env) podman $(if $(PODMAN_STORAGE),--storage-driver $(PODMAN_STORAGE)),$(ENGINE))
+BUILD_OPTS  = $(if $(filter podman,$(ENGINE)),--format docker $(podman_opts) $(if $(CA_BUNDLE),--build-arg PIP_CERT=/etc/ssl/host-ca.crt))
+# outputs on the host belong to the invoking user (rootless podman: same uid through keep-id), and
+# `dvc exp run` commits as the host's git identity; caches (Hugging Face, Olive, pip) on a volume
+git_id      = $(foreach who,AUTHOR COMMITTER,-e GIT_$(who)_NAME="$$(git config user.name)" \
+                -e GIT_$(who)_EMAIL="$$(git config user.email)")
+RUN_OPTS    = --rm --user $$(id -u):$$(id -g) -v $(CURDIR):/work -v ondevice-cache:/cache -w /work $(git_id) \
+              $(if $(filter podman,$(ENGINE)),$(podman_opts) \
+                $(if $(CA_BUNDLE),-e PIP_CERT=/etc/ssl/host-ca.crt -e REQUESTS_CA_BUNDLE=/etc/ssl/host-ca.crt \
+                  -e SSL_CERT_FILE=/etc/ssl/host-ca.crt) \
+                $$(test "$$(id -u)" = 0 || echo --userns keep-id) $(if $(HAS_GPU),--device nvidia.com/gpu=all), \
+                $(if $(HAS_GPU),--gpus all))
 
-docker-run:  ## run `dvc repro $(ARGS)` in the container on this checkout (GPUs when present)
-	docker run --rm $(GPU_FLAG) -v $(CURDIR):/work -v ondevice-cache:/cache -w /work $(IMAGE) dvc repro $(ARGS)
+docker-base:  ## build localhost/debian:bookworm (LOCAL_BASE) from debootstrap (root), for machines that reach no registry
+	@command -v debootstrap >/dev/null || { echo "error: docker-base needs debootstrap (apt-get install debootstrap)" >&2; exit 2; }
+	set -e; root=$$(mktemp -d); trap 'rm -rf "$$root"' EXIT; \
+	debootstrap --variant=minbase bookworm "$$root" $(DEBIAN_MIRROR) >/dev/null; \
+	tar -C "$$root" -c . | $(CONTAINER) import - $(LOCAL_BASE)
 
-docker-shell:  ## a shell in the container
-	docker run --rm -it $(GPU_FLAG) -v $(CURDIR):/work -v ondevice-cache:/cache -w /work $(IMAGE) bash
+docker-build:  ## build the image: CUDA 13 (default), or CPU with BASE=localhost/debian:bookworm (after docker-base)
+	rm -f docker/wheels/*.whl
+ifeq ($(FLAVOUR),cpu)
+	@ls $(TORCH_WHEELS)/torch-$(TORCH_VERSION)[+-]*.whl >/dev/null 2>&1 || { echo "error: no torch-$(TORCH_VERSION) wheel in \
+	TORCH_WHEELS=$(TORCH_WHEELS); the CPU image installs torch's CPU wheel from there" >&2; exit 2; }
+	for w in $(TORCH_WHEELS)/torch-$(TORCH_VERSION)[+-]*.whl; do ln -f "$$w" docker/wheels/ 2>/dev/null || cp "$$w" docker/wheels/; done
+endif
+	$(CONTAINER) build $(BUILD_OPTS) --build-arg BASE=$(BASE) --build-arg FLAVOUR=$(FLAVOUR) \
+	  -f docker/Dockerfile -t $(IMAGE) .
+	rm -f docker/wheels/*.whl
+
+docker-run:  ## the pipeline in the container on this checkout: `dvc repro`, or `dvc exp run` when ARGS has -S
+	$(CONTAINER) run $(RUN_OPTS) $(IMAGE) dvc $(if $(filter -S --set-param,$(ARGS)),exp run,repro) $(ARGS)
+
+docker-shell:  ## a shell in the container, on this checkout
+	$(CONTAINER) run -it $(RUN_OPTS) $(IMAGE) bash
+
+docker-test:  ## the test suite inside the image, on this checkout
+	$(CONTAINER) run $(RUN_OPTS) $(IMAGE) python -m pytest -q $(ARGS)
 
 clean:  ## remove pipeline outputs (not the DVC cache)
 	rm -rf models metrics plots reports data/prepared

@@ -5,6 +5,7 @@ credentials are DefaultAzureCredential's business (az login, managed identity, e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -118,15 +119,22 @@ def existing_versions(ml_client, name: str) -> list[int]:
         return []
 
 
-def upload(ml_client, asset, next_free: bool) -> str:
-    """Create the asset; if its version exists, fail clearly or take the next free version."""
+@contextlib.contextmanager
+def credentials_checked():
+    """Rejected or missing credentials (DefaultAzureCredential found none that works) become one line."""
     from azure.core.exceptions import ClientAuthenticationError
 
     try:
-        versions = existing_versions(ml_client, asset.name)
+        yield
     except ClientAuthenticationError as e:
         raise UserError(f"Azure credentials were rejected or missing ({type(e).__name__}); run `az login` or "
                         "set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET") from None
+
+
+def upload(ml_client, asset, next_free: bool) -> str:
+    """Create the asset; if its version exists, fail clearly or take the next free version."""
+    with credentials_checked():
+        versions = existing_versions(ml_client, asset.name)
     if int(asset.version) in versions:
         if not next_free:
             raise UserError(f"model {asset.name} version {asset.version} already exists in the workspace; "

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ondevice.runtime import open_model
+from ondevice.runtime import kv_capacity_floor, open_model
 
 PROMPT = ("I am planning a two week trip through Portugal and Spain by train in late spring. "
           "I like old towns, seafood, long walks and small museums, and I want to keep the budget "
@@ -40,52 +40,43 @@ def _median_run(run_once, runs: int, warmup: int) -> dict:
     return {k: round(statistics.median(r[k] for r in results), 4) for k in keys}
 
 
-def decode_tok_s(model, adapters, adapter_name: str | None, ids: list[int], new_tokens: int) -> float:
+def decode_tok_s(model, adapters, adapter_name: str | None, ids: list[int], new_tokens: int,
+                 capacity_floor: int = 0) -> float:
     """One greedy answer of exactly `new_tokens` after the prompt; tok/s of the steps after the first."""
+    return timed_generate(model, adapters, adapter_name, ids, new_tokens, capacity_floor)["decode_tok_s"]
+
+
+def timed_generate(model, adapters, adapter_name: str | None, ids: list[int], new_tokens: int,
+                   capacity_floor: int = 0) -> dict:
+    """One greedy answer of exactly `new_tokens`: prefill tok/s, time to first token, decode tok/s.
+    capacity_floor: the model's sliding window (runtime.kv_capacity_floor), the least max_length."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
     total = len(ids) + new_tokens
-    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    params.set_search_options(max_length=max(total, capacity_floor), min_length=total, do_sample=False)
     gen = og.Generator(model, params)
-    if adapter_name:
+    if adapters is not None and adapter_name:
         gen.set_active_adapter(adapters, adapter_name)
+    t0 = time.perf_counter()
     gen.append_tokens(ids)
+    t_prefill = time.perf_counter()
     gen.generate_next_token()
-    t0, n = time.perf_counter(), 0
-    while not gen.is_done():
+    t_first = time.perf_counter()
+    n = 1
+    while n < new_tokens and not gen.is_done():
         gen.generate_next_token()
         n += 1
-    return n / (time.perf_counter() - t0)
+    t_end = time.perf_counter()
+    return {"prefill_tok_s": len(ids) / (t_prefill - t0), "ttft_ms": (t_first - t0) * 1000,
+            "decode_tok_s": (n - 1) / (t_end - t_first), "generated": n}
 
 
 def run_ort(onnx_dir: str, adapter: str | None, adapter_name: str, b: dict) -> dict:
-    import onnxruntime_genai as og
-
     model, tok, adapters = open_model(onnx_dir, {adapter_name: adapter} if adapter else None, b["threads"])
-    ids = prompt_ids(tok.encode, b["prompt_tokens"])
-    total = len(ids) + b["new_tokens"]
-
-    def once():
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
-        gen = og.Generator(model, params)
-        if adapters is not None:
-            gen.set_active_adapter(adapters, adapter_name)
-        t0 = time.perf_counter()
-        gen.append_tokens(ids)
-        t_prefill = time.perf_counter()
-        gen.generate_next_token()
-        t_first = time.perf_counter()
-        n = 1
-        while not gen.is_done():
-            gen.generate_next_token()
-            n += 1
-        t_end = time.perf_counter()
-        return {"prefill_tok_s": len(ids) / (t_prefill - t0), "ttft_ms": (t_first - t0) * 1000,
-                "decode_tok_s": (n - 1) / (t_end - t_first), "generated": n}
-
-    return _median_run(once, b["runs"], b["warmup"])
+    ids, floor = prompt_ids(tok.encode, b["prompt_tokens"]), kv_capacity_floor(onnx_dir)
+    return _median_run(lambda: timed_generate(model, adapters, adapter_name, ids, b["new_tokens"], floor),
+                       b["runs"], b["warmup"])
 
 
 def run_switch(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
@@ -105,7 +96,8 @@ def run_switch(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
     set_us, decode = [], []
     for i in range(b["switches"] + 1):
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + steps, min_length=len(ids) + steps, do_sample=False)
+        params.set_search_options(max_length=max(len(ids) + steps, kv_capacity_floor(onnx_dir)),
+                                  min_length=len(ids) + steps, do_sample=False)
         gen = og.Generator(model, params)
         t0 = time.perf_counter()
         gen.set_active_adapter(loaded, names[i % len(names)])
@@ -113,7 +105,7 @@ def run_switch(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
         gen.append_tokens(ids)
         gen.generate_next_token()
         t2 = time.perf_counter()
-        while not gen.is_done():
+        for _ in range(steps - 1):
             gen.generate_next_token()
         t3 = time.perf_counter()
         if i:  # the first request warms up
@@ -184,7 +176,7 @@ def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | Non
     adapter cost as a paired comparison, free of the drift between separate processes. With a
     GGUF, llama.cpp takes its turn in the same rounds (one engine runs at a time)."""
     model, tok, loaded = open_model(onnx_dir, adapters, b["threads"])
-    ids = prompt_ids(tok.encode, b["prompt_tokens"])
+    ids, floor = prompt_ids(tok.encode, b["prompt_tokens"]), kv_capacity_floor(onnx_dir)
     labels = [None, *adapters]
     speeds = {label: [] for label in labels}
     llama = _open_llama_cpp(gguf, b) if gguf else None
@@ -196,7 +188,7 @@ def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | Non
             if round_ >= b["warmup"]:
                 speeds["llama_cpp"].append(tok_s)
         for label in labels:
-            tok_s = decode_tok_s(model, loaded, label, ids, b["new_tokens"])
+            tok_s = decode_tok_s(model, loaded, label, ids, b["new_tokens"], floor)
             if round_ >= b["warmup"]:
                 speeds[label].append(tok_s)
     base = statistics.median(speeds[None])

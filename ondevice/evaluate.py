@@ -25,8 +25,8 @@ def _mean_loss(total: float, count: int) -> dict:
 def torch_loss(model, examples: list[dict]) -> dict:
     total, count = 0.0, 0
     for ex in examples:
-        ids = torch.tensor([ex["input_ids"]])
-        labels = torch.tensor([ex["labels"]])
+        ids = torch.tensor([ex["input_ids"]], device=model.device)
+        labels = torch.tensor([ex["labels"]], device=model.device)
         logits = model(input_ids=ids).logits[0, :-1].float()
         target = labels[0, 1:]
         keep = target != IGNORE
@@ -44,8 +44,17 @@ def scoring_graph(onnx_dir: Path) -> bytes | str:
     path = onnx_dir / "model.onnx"
     model = onnx.load(str(path), load_external_data=False)
     prune = {n.output[0]: n for n in model.graph.node if n.name.startswith("/lm_head/prune/")}
-    if not prune:
+    windowed = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"
+                and any(a.name == "local_window_size" and a.i > 0 for a in n.attribute)]
+    if not prune and not windowed:
         return str(path)
+    # Scoring feeds the whole sequence with an empty past, which onnxruntime's sliding-window
+    # attention refuses (it wants a cache of window size); within the window, sliding and full
+    # attention are the same, and OnnxScorer keeps every sequence within it.
+    for node in windowed:
+        kept = [a for a in node.attribute if a.name not in ("local_window_size", "sliding_window_cache")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
     for node in model.graph.node:
         if node.name.startswith("/lm_head/prune/"):
             continue
@@ -71,17 +80,28 @@ class OnnxScorer:
             opts.intra_op_num_threads = threads
         # a graph given as bytes finds its external weights here: the shipped model.onnx.data
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_dir))
-        self.session = ort.InferenceSession(scoring_graph(Path(onnx_dir)), opts, providers=["CPUExecutionProvider"])
+        from ondevice.cuda_check import model_providers, require_cuda_provider
+
+        providers = ["CPUExecutionProvider"]
+        if "cuda" in model_providers(onnx_dir):  # a CUDA build is scored on the GPU, never silently on CPU
+            require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
+            providers = ["CUDAExecutionProvider"]
+            opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        self.session = ort.InferenceSession(scoring_graph(Path(onnx_dir)), opts, providers=providers)
         decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
+        self.window = (decoder.get("sliding_window") or {}).get("window_size") or 0
         self.past = {}
         for i in self.session.get_inputs():
-            if i.name.startswith("past_key_values"):
+            if i.name.startswith("past_key_values"):  # fp32 on CPU builds, fp16 on CUDA builds
                 shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
-                self.past[i.name] = np.zeros(shape, np.float32)
+                self.past[i.name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
 
     def loss(self, examples: list[dict], adapter: dict | None = None) -> dict:
         total, count = 0.0, 0
         for ex in examples:
+            if self.window and len(ex["input_ids"]) > self.window:
+                raise ValueError(f"a {len(ex['input_ids'])}-token example is longer than the model's "
+                                 f"{self.window}-token sliding window; score with a shorter seq_len")
             ids = np.array([ex["input_ids"]], dtype=np.int64)
             feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self.past, **(adapter or {})}
             logits = self.session.run(["logits"], feed)[0][0, :-1].astype(np.float64)
@@ -97,14 +117,15 @@ class OnnxScorer:
 def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, prompts: list[str], template: str,
              tokenizer, max_new_tokens: int) -> list[str]:
     """Greedy answers through onnxruntime-genai, the way the chat client runs them."""
-    from ondevice.runtime import open_model, stream_answer
+    from ondevice.runtime import kv_capacity_floor, open_model, stream_answer
     from ondevice.text import render
 
     model, og_tok, adapters = open_model(onnx_dir, {adapter_name: adapter_path} if adapter_path else None)
     answers = []
     for prompt in prompts:
         ids = og_tok.encode(render(tokenizer, template, prompt)[0])
-        answer = "".join(stream_answer(model, og_tok, adapters, adapter_name, ids, max_new_tokens))
+        answer = "".join(stream_answer(model, og_tok, adapters, adapter_name, ids, max_new_tokens,
+                                       kv_capacity_floor(onnx_dir)))
         answers.append(answer.replace("<|im_end|>", "").strip())
     return answers
 

@@ -20,10 +20,70 @@ import onnx
 from ondevice import onnx_lora
 from ondevice.model_source import copy_tokenizer
 
+# HF checkpoints that fuse projections (Phi-3): fused name -> its parts, in row order.
+FUSED_IN_CHECKPOINT = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                       "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+
+
+def unfused_checkpoint(quantized_dir: Path, work: Path) -> Path:
+    """The checkpoint as the builder should read it: fused int4 projections split into their parts.
+
+    onnxruntime-genai 0.18's loader splits an Olive-format fused qkv_proj / gate_up_proj's packed
+    zero points at out_features // 2 rows, as if they were packed along the rows (they are packed
+    along the groups), so MatMulNBits refuses the model at load time. Rows of qweight, scales,
+    qzeros and bias all split at the same boundaries, so we split them here, bit for bit, and the
+    builder fuses q/k/v again itself. A checkpoint with nothing fused is returned as it is.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    tensors = load_file(quantized_dir / "model.safetensors")
+    if not any(f".{fused}." in name for name in tensors for fused in FUSED_IN_CHECKPOINT):
+        return quantized_dir
+    config = AutoConfig.from_pretrained(quantized_dir)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    rows = {"self_attn.qkv_proj": (q, kv, kv), "mlp.gate_up_proj": (config.intermediate_size,) * 2}
+    out = {}
+    for name, t in tensors.items():
+        fused = next((f for f in FUSED_IN_CHECKPOINT if f".{f}." in name), None)
+        if fused is None:
+            out[name] = t
+            continue
+        for part, piece in zip(FUSED_IN_CHECKPOINT[fused], t.split(rows[fused], dim=0), strict=False):
+            out[name.replace(fused, part)] = piece.contiguous()
+    folder = work / "builder_input"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for item in quantized_dir.iterdir():
+        if item.is_file() and item.name != "model.safetensors":
+            shutil.copy2(item, folder / item.name)
+    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def builder_config_fixes(config) -> None:
+    """Config fields the 0.18 builder reads in their transformers 4 form.
+
+    Gemma 3 under transformers 5 keeps one RoPE entry per attention kind
+    ({"full_attention": {...}, "sliding_attention": {...}}); the builder wants a flat
+    rope_parameters, rope_theta for the global layers and rope_local_base_freq for the local ones.
+    Its Phi-3 LongRoPE path reads the old key "type" where transformers 5 may write "rope_type".
+    """
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and "full_attention" in rope and "sliding_attention" in rope:
+        config.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+        config.rope_theta = rope["full_attention"]["rope_theta"]
+        config.rope_parameters = rope = dict(rope["full_attention"])
+    if isinstance(rope, dict) and "rope_type" in rope and "type" not in rope:  # Phi-3 LongRoPE reads "type"
+        rope["type"] = rope["rope_type"]
+
 
 def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> float:
     """Run the onnxruntime-genai model builder; returns seconds."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
 
     # is_symmetric stays at the builder's default (true): it only concerns the head (the layers
     # arrive quantized), and the builder's asymmetric path leaves the tied embedding in fp32.
@@ -33,9 +93,10 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
     t0 = time.perf_counter()
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # the builder prints a line per layer
-        options = parse_extra_options(None, str(quantized_dir), str(out_dir), o["precision"], o["provider"],
+        options = parse_extra_options(None, str(checkpoint), str(out_dir), o["precision"], o["provider"],
                                       str(cache_dir), extra)
-        create_model(None, str(quantized_dir), str(out_dir), o["precision"], o["provider"], str(cache_dir), **options)
+        builder_config_fixes(options["hf_details"]["hf_config"])
+        create_model(None, str(checkpoint), str(out_dir), o["precision"], o["provider"], str(cache_dir), **options)
     # The builder re-saves the tokenizer through transformers; ours is the normalised one.
     copy_tokenizer(quantized_dir, out_dir)
     # The HF config travels with the model: the adapter step reads the projection sizes from it.
@@ -52,6 +113,11 @@ def add_adapter_inputs(onnx_dir: Path, target_modules: list[str]) -> list[onnx_l
     path = onnx_dir / "model.onnx"
     model = onnx.load(str(path), load_external_data=False)
     targets = onnx_lora.add_lora_inputs(model, target_modules)
+    # The builder stamps `git rev-parse HEAD` of wherever it runs from: every commit would change
+    # model.onnx (and rerun everything after optimize). Stamp the builder's version instead.
+    from onnxruntime_genai import __version__ as genai_version
+
+    model.producer_version = genai_version
     onnx.save(model, str(path))  # external weights stay in model.onnx.data, referenced by name
     return targets
 
@@ -80,6 +146,7 @@ def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
     """The base model, with LoRA inputs (zero-size defaults) on every projection in `lora_targets`."""
     seconds = build_onnx(quantized_dir, out_dir, o, work / "builder_cache")
     shutil.rmtree(work / "builder_cache", ignore_errors=True)
+    shutil.rmtree(work / "builder_input", ignore_errors=True)
     targets = add_adapter_inputs(out_dir, list(o["lora_targets"]))
     return {
         "build_seconds": round(seconds, 2),

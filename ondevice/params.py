@@ -60,6 +60,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "max_rows": (int, {"min": 1}),
         "generate_rows": (int, {"min": 0}),
         "max_new_tokens": (int, {"min": 1, "max": 4096}),
+        "device": (str, DEVICES),
+        "rtn_reference": (bool, None),
     },
     "benchmark": {
         "prompt_tokens": (int, {"min": 1, "max": 8192}),
@@ -74,9 +76,12 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "sweep_new_tokens": (int, {"min": 2, "max": 4096}),
         "profile": (bool, None),
         "llama_cpp": (bool, None),
+        "builder_reference": (bool, None),
     },
     "register": {"name": (str, None), "version": (int, {"min": 1}), "description": (str, None),
-                 "azure": (dict, None)},
+                 "license": (str, None), "azure": (dict, None)},
+    "azure_job": {"compute": (str, None), "experiment_name": (str, None), "environment": (str, None),
+                  "remote": (str, None), "stages": (list, None)},
 }
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Workspace coordinates only: credentials never go in params.yaml (DefaultAzureCredential finds them).

@@ -60,13 +60,13 @@ def summarize(trace: list[dict]) -> dict:
 def profile(onnx_dir: Path, adapter: Path | None, name: str, prompt_tokens: int, new_tokens: int,
             threads: int) -> dict:
     from ondevice.benchmark import decode_tok_s, prompt_ids
-    from ondevice.runtime import open_model
+    from ondevice.runtime import kv_capacity_floor, open_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tok, adapters = open_model(onnx_dir, {name: adapter} if adapter else None, threads,
                                           enable_profiling=str(Path(tmp) / "ort_profile"))
         tok_s = decode_tok_s(model, adapters, name if adapters else None, prompt_ids(tok.encode, prompt_tokens),
-                             new_tokens)
+                             new_tokens, kv_capacity_floor(onnx_dir))
         del adapters, tok, model  # the profile file is written when the session closes
         files = sorted(Path(tmp).glob("ort_profile*.json"))
         if not files:

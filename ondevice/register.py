@@ -40,19 +40,25 @@ def params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def bundle_files(onnx_dir: Path, adapters_dir: Path) -> dict[str, Path]:
-    """What ships, by its path in the shipped folder: the ONNX model, and adapters/NAME.onnx_adapter."""
+CARD = "README.md"  # the model card's name in the shipped folder (reports/model_card.md in the repository)
+
+
+def bundle_files(onnx_dir: Path, adapters_dir: Path, card: Path | None = None) -> dict[str, Path]:
+    """What ships, by its path in the shipped folder: the ONNX model, adapters/NAME.onnx_adapter and
+    the model card as README.md."""
     files = {str(p.relative_to(onnx_dir)): p for p in sorted(Path(onnx_dir).rglob("*")) if p.is_file()}
     files.update({f"adapters/{p.name}": p for p in sorted(Path(adapters_dir).glob("*.onnx_adapter"))})
+    if card is not None:
+        files[CARD] = Path(card)
     return files
 
 
-def make_bundle(onnx_dir: Path, adapters_dir: Path, dest: Path) -> Path:
+def make_bundle(onnx_dir: Path, adapters_dir: Path, dest: Path, card: Path | None = None) -> Path:
     """The shipped folder, as hard links where the filesystem allows (no 100 MB copy)."""
     import os
     import shutil
 
-    for rel, src in bundle_files(onnx_dir, adapters_dir).items():
+    for rel, src in bundle_files(onnx_dir, adapters_dir, card).items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -62,9 +68,9 @@ def make_bundle(onnx_dir: Path, adapters_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict) -> dict:
+def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict, card: Path | None = None) -> dict:
     files = {rel: {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for rel, p in bundle_files(onnx_dir, adapters_dir).items()}
+             for rel, p in bundle_files(onnx_dir, adapters_dir, card).items()}
     return {
         "name": params["register"]["name"],
         "version": params["register"]["version"],

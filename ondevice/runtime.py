@@ -15,6 +15,12 @@ def open_model(model_dir: Path, adapters: dict[str, Path] | None = None, threads
     `session_options` override the decoder's session options in genai_config.json."""
     import json
 
+    from ondevice.cuda_check import model_providers, require_cuda_provider
+
+    if "cuda" in model_providers(model_dir, session_options):  # on the GPU or not at all: no silent CPU fall-back
+        require_cuda_provider(f"{model_dir} was built for optimize.provider=cuda",
+                              otherwise="rebuild it with optimize.provider: cpu")
+
     import onnxruntime_genai as og
 
     config = og.Config(str(model_dir))
@@ -31,18 +37,33 @@ def open_model(model_dir: Path, adapters: dict[str, Path] | None = None, threads
     return model, og.Tokenizer(model), loaded
 
 
+def kv_capacity_floor(model_dir: Path) -> int:
+    """The least max_length a generator of this model may have: its sliding window, if any.
+
+    onnxruntime's GroupQueryAttention refuses a shared KV buffer shorter than the window
+    ("KV cache capacity (N) must be at least local_window_size"), and onnxruntime-genai sizes that
+    buffer from max_length, so a short answer to a short prompt would fail on Gemma 3 / Mistral.
+    """
+    import json
+
+    decoder = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["decoder"]
+    return int((decoder.get("sliding_window") or {}).get("window_size") or 0)
+
+
 def stream_answer(model, tokenizer, adapters, adapter_name: str | None, prompt_ids,
-                  max_new_tokens: int) -> Iterator[str]:
-    """Greedy generation, yielding decoded text piece by piece."""
+                  max_new_tokens: int, capacity_floor: int = 0) -> Iterator[str]:
+    """Greedy generation, yielding decoded text piece by piece (at most max_new_tokens pieces)."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False)
+    params.set_search_options(max_length=max(len(prompt_ids) + max_new_tokens, capacity_floor), do_sample=False)
     generator = og.Generator(model, params)
     if adapters is not None and adapter_name:
         generator.set_active_adapter(adapters, adapter_name)
     generator.append_tokens(prompt_ids)
     stream = tokenizer.create_stream()
-    while not generator.is_done():
+    for _ in range(max_new_tokens):
+        if generator.is_done():
+            break
         generator.generate_next_token()
         yield stream.decode(generator.get_next_tokens()[0])

@@ -8,7 +8,9 @@ import click
 from ondevice import params as P
 from ondevice.atomic import UserError, write_csv, write_json
 from ondevice.benchmark import benchmark
+from ondevice.benchmark_cuda import benchmark as benchmark_cuda
 from ondevice.cli import params_option, stage
+from ondevice.cuda_check import model_providers, require_cuda_provider
 from ondevice.model_source import EMBEDDED, embedded_gguf
 
 
@@ -39,6 +41,18 @@ def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir):
     for name, path in adapters.items():
         if not path.exists():
             raise UserError(f"{path} missing; run `dvc repro adapter@{name}`")
+    if "cuda" in model_providers(Path(onnx_dir)):  # a CUDA build is measured on the GPU, or not at all
+        require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
+        result, plots = benchmark_cuda(Path(onnx_dir), adapters, Path(base), params["benchmark"])
+        for name, rows in plots.items():
+            write_csv(Path(plots_dir) / f"{name}.csv", rows)
+        write_json(metrics, result)
+        for r in plots["engines"]:
+            click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} "
+                       f"tok/s, TTFT {r['ttft_ms']:.1f} ms on {result['device']}")
+        click.echo(f"adapter cost {result['adapter_decode_cost_pct']} %, "
+                   f"GPU memory {result['gpu_memory_model_and_adapters_mb']:.0f} MB")
+        return
     result, plots = benchmark(Path(onnx_dir), adapters, Path(base), params["benchmark"], gguf)
     for name, rows in plots.items():
         write_csv(Path(plots_dir) / f"{name}.csv", rows)

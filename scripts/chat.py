@@ -8,6 +8,28 @@ from pathlib import Path
 
 import click
 
+from ondevice.cli import stage
+
+
+def adapter_template(params_path: Path, adapter: str | None) -> str:
+    """The template the adapter was trained with (params.yaml), so it is served in the same format."""
+    if not params_path.exists():
+        return "chat"
+    from ondevice import params as P
+
+    params = P.load(params_path)
+    return P.adapter_config(params, adapter)["template"] if adapter in params["adapters"] \
+        else params["finetune"]["template"]
+
+
+def prompt_text(tokenizer, model_dir: Path, template: str, prompt: str) -> str:
+    """The prompt as training rendered it (ondevice.text.render): the chat template, or the string one."""
+    if template != "chat":
+        from ondevice.text import render
+
+        return render(None, template, prompt)[0]
+    return chat_prompt(tokenizer, model_dir, prompt)
+
 
 def chat_prompt(tokenizer, model_dir: Path, prompt: str) -> str:
     """Render the user turn with the model's own chat template (as in training)."""
@@ -25,8 +47,11 @@ def chat_prompt(tokenizer, model_dir: Path, prompt: str) -> str:
               type=click.Path(file_okay=False), help="folder of NAME.onnx_adapter files")
 @click.option("--adapter", default="none", show_default=True, help="which adapter serves the answer, or none")
 @click.option("--max-new-tokens", default=200, show_default=True)
-def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens):
-    from ondevice.runtime import open_model, stream_answer
+@click.option("--template", default=None, help="prompt template; default: the adapter's in --params (else chat)")
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@stage
+def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens, template, params_path):
+    from ondevice.runtime import kv_capacity_floor, open_model, stream_answer
 
     model_dir = Path(model_dir)
     if not (model_dir / "genai_config.json").exists():
@@ -41,8 +66,9 @@ def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens):
             known = sorted(p.stem for p in Path(adapters_dir).glob("*.onnx_adapter"))
             raise click.ClickException(f"no adapter {name!r} in {adapters_dir}; known: {', '.join(known + ['none'])}")
     model, tokenizer, adapters = open_model(model_dir, {name: path} if name else None)
-    ids = tokenizer.encode(chat_prompt(tokenizer, model_dir, prompt))
-    for piece in stream_answer(model, tokenizer, adapters, name, ids, max_new_tokens):
+    template = template or adapter_template(Path(params_path), name)
+    ids = tokenizer.encode(prompt_text(tokenizer, model_dir, template, prompt))
+    for piece in stream_answer(model, tokenizer, adapters, name, ids, max_new_tokens, kv_capacity_floor(model_dir)):
         click.echo(piece, nl=False)
     click.echo()
 

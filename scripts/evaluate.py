@@ -14,7 +14,7 @@ from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
 from ondevice.evaluate import OnnxScorer, encode_rows, generate, torch_loss
 from ondevice.onnx_lora import read_adapter
-from ondevice.quantize import load_dequantized, quantize
+from ondevice.quantize import load_dequantized, pick_device, quantize
 
 
 def rtn_model(base: Path, params: dict):
@@ -63,10 +63,11 @@ def main(params_path, base, quantized, onnx_dir, adapters_dir, prepared, metrics
     examples = {n: encode_rows(tokenizer, configs[n]["template"], rows[n], configs[n]["seq_len"]) for n in names}
 
     qc = json.loads((Path(quantized) / "config.json").read_text())["quantization_config"]
-    models = {"float_base": lambda: AutoModelForCausalLM.from_pretrained(base).eval(),
-              "quantized_base_torch": lambda: load_dequantized(quantized)}
-    if qc.get("algorithm") != "rtn":
-        models["rtn_reference_torch"] = lambda: rtn_model(Path(base), params)
+    device = pick_device(e["device"])
+    models = {"float_base": lambda: AutoModelForCausalLM.from_pretrained(base).eval().to(device),
+              "quantized_base_torch": lambda: load_dequantized(quantized).to(device)}
+    if qc.get("algorithm") != "rtn" and e["rtn_reference"]:
+        models["rtn_reference_torch"] = lambda: rtn_model(Path(base), params).to(device)
     result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
                                "group_size": qc["group_size"]}}
     scorer = OnnxScorer(Path(onnx_dir))

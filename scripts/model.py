@@ -4,7 +4,7 @@ import click
 from ondevice import params as P
 from ondevice.atomic import atomic_dir, require_free_space, write_json
 from ondevice.cli import params_option, stage
-from ondevice.model_source import load_config, materialize
+from ondevice.model_source import check_supported, load_config, materialize
 
 
 @click.command()
@@ -14,11 +14,14 @@ from ondevice.model_source import load_config, materialize
 @stage
 def main(params_path, out, metrics):
     params = P.load(params_path)
-    P.check_model_fit(params, load_config(params["model"]["source"]))  # before the heavy load
+    source = params["model"]["source"]
+    config = load_config(source, params)  # before the heavy load (an Azure ML asset is downloaded here, once)
+    check_supported(config, source)
+    P.check_model_fit(params, config)
     require_free_space(out, 2 * 2**30, "the float base model")
     with atomic_dir(out) as tmp:
-        facts = materialize(params["model"]["source"], tmp)
-    write_json(metrics, {"source": params["model"]["source"], **facts})
+        facts = materialize(source, tmp, params)
+    write_json(metrics, {"source": source, **facts})
     click.echo(f"base model -> {out}: {facts['architecture']}, {facts['parameters'] / 1e6:.1f}M parameters")
 
 

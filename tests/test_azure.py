@@ -18,8 +18,15 @@ WS_ENV = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000", "AZUR
           "AZUREML_WORKSPACE_NAME": "ws-travel"}
 
 
-def where(onnx_dir):
-    return ["--onnx", str(onnx_dir), "--adapters", str(onnx_dir / "adapters")]
+def where(onnx_dir, card):
+    return ["--onnx", str(onnx_dir), "--adapters", str(onnx_dir / "adapters"), "--card", str(card)]
+
+
+@pytest.fixture()
+def card(tmp_path):
+    path = tmp_path / "model_card.md"
+    path.write_text("---\nlicense: apache-2.0\n---\n\n# ft-for-travel\n")
+    return path
 
 
 @pytest.fixture()
@@ -44,20 +51,30 @@ def test_asset_is_a_custom_model_with_key_metric_tags(onnx_dir, metrics_dir):
     assert "adapters/travel.onnx_adapter" in described["files"] and "genai_config.json" in described["files"]
 
 
-def test_dry_run_prints_every_file_and_tag_and_no_secret(onnx_dir, metrics_dir):
+def test_dry_run_prints_every_file_and_tag_and_no_secret(onnx_dir, metrics_dir, card):
     env = {**WS_ENV, "AZURE_CLIENT_SECRET": "s3cr3t-value", "PATH": __import__("os").environ["PATH"]}
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir),
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir, card),
                           "--metrics-dir", str(metrics_dir), "--dry-run"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     assert shown["type"] == "custom_model" and "adapters/travel.onnx_adapter" in shown["files"]
+    assert "README.md" in shown["files"]  # the model card travels with the model
     assert "s3cr3t-value" not in out.stdout + out.stderr
 
 
-def test_missing_workspace_is_one_line_exit_2(onnx_dir, metrics_dir):
+def test_upload_without_a_model_card_is_one_line(onnx_dir, metrics_dir, tmp_path):
+    env = {**WS_ENV, "PATH": __import__("os").environ["PATH"]}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir, tmp_path / "no.md"),
+                          "--metrics-dir", str(metrics_dir), "--dry-run"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"error: model card {tmp_path / 'no.md'} missing; run `dvc repro -s register` (it writes the card)"]
+
+
+def test_missing_workspace_is_one_line_exit_2(onnx_dir, metrics_dir, card):
     env = {"PATH": __import__("os").environ["PATH"], "HOME": "/nonexistent"}
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir),
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/azure_register.py"), *where(onnx_dir, card),
                           "--metrics-dir", str(metrics_dir)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [

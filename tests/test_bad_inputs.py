@@ -12,6 +12,10 @@ import sys
 
 import pytest
 import yaml
+from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError
+from azure.identity import CredentialUnavailableError
+from test_azure_job import BAD_INPUTS as AZURE_JOB_CASES
+from test_azure_job import bad_input as azure_job_case
 
 from conftest import ROOT
 from ondevice import params as P
@@ -109,11 +113,26 @@ CASES = {
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
     "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
     "model-hub-unreachable": lambda t: _hub_unreachable(t),
+    "model-unsupported-family": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _gpt2(t)}),
+    "model-gguf-missing": lambda t: script_error(t, "model", "--out", "o",
+                                                 **{"model.source": "./no/model.Q4_K_M.gguf"}),
+    "model-gguf-not-gguf": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _not_gguf(t)}),
+    "model-azureml-bad-id": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "azureml:phi-3"}),
+    "model-azureml-no-workspace": lambda t: _azureml_error(t, "azureml:my-llama:3"),
+    "model-azureml-not-found": lambda t: _azureml_error(t, PHI + "/99", error=ResourceNotFoundError("not found")),
+    "model-azureml-no-credentials": lambda t: _azureml_error(
+        t, PHI + "/4", error=CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token")),
+    "model-azureml-credentials-rejected": lambda t: _azureml_error(
+        t, PHI + "/4", error=ClientAuthenticationError("AADSTS7000222: The provided client secret keys are expired.")),
+    "model-azureml-not-causal-lm": lambda t: _azureml_error(
+        t, "azureml://registries/azureml/models/bert-base-uncased/versions/1", write="bert"),
     "optimize-provider-device": lambda t: script_error(t, "optimize", "--out", "o",
                                                        **{"optimize.provider": "cuda", "optimize.device": "cpu"}),
     "disk-full": lambda t: _disk_error(t),
     "cuda-missing": lambda t: _cuda_error(),
     "chat-no-model": lambda t: _chat_error(t, "--model", str(t / "none")),
+    "cuda-provider-missing": lambda t: _cuda_provider_error(t),
+    **{case: (lambda t, case=case: azure_job_case(case, t)) for case in AZURE_JOB_CASES},
 }
 
 
@@ -152,6 +171,38 @@ def _bert(tmp_path):
     return "./bert"
 
 
+def _gpt2(tmp_path):
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2",
+                                                               "architectures": ["GPT2LMHeadModel"]}))
+    return "./gpt2"
+
+
+def _not_gguf(tmp_path):
+    (tmp_path / "model.Q4_K_M.gguf").write_bytes(b"<!DOCTYPE html><html>Sign in</html>")
+    return "./model.Q4_K_M.gguf"
+
+
+PHI = "azureml://registries/azureml/models/Phi-3.5-mini-instruct/versions"
+
+
+def _azureml_error(tmp_path, source, error=None, write=None):
+    """What scripts/model.py does before the heavy load, with a fake MLClient at the network boundary."""
+    from test_model_source import FakeAzure, bert_writer
+
+    from ondevice import azureml_source
+    from ondevice.model_source import check_supported, load_config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ONDEVICE_CACHE", str(tmp_path / "cache"))
+        for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"):
+            mp.delenv(var, raising=False)
+        mp.setattr(azureml_source, "client", FakeAzure(write={"bert": bert_writer}.get(write), error=error))
+        with pytest.raises(UserError) as e:
+            check_supported(load_config(source, GOOD), source)
+    return str(e.value)
+
+
 def _hub_unreachable(tmp_path):
     os.environ["HF_HUB_OFFLINE"] = "1"
     return script_error(tmp_path, "model", "--out", "o", **{"model.source": "someone/not-cached-model"})
@@ -180,6 +231,20 @@ def _chat_error(tmp_path, *args):
                          capture_output=True, text=True)
     assert out.returncode != 0
     return out.stderr.strip().removeprefix("Error: ")
+
+
+def _cuda_provider_error(tmp_path):
+    from ondevice.cuda_check import cuda_provider_problem
+
+    if cuda_provider_problem() is None:
+        pytest.skip("onnxruntime's CUDA execution provider works here")
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "genai_config.json").write_text(
+        json.dumps({"model": {"decoder": {"session_options": {"provider_options": [{"cuda": {}}]}}}}))
+    out = subprocess.run([PY, str(ROOT / "scripts" / "chat.py"), "--model", str(tmp_path / "gpu"), "hi"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    return out.stderr.strip().removeprefix("error: ")
 
 
 def documented_rows() -> dict:

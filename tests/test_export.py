@@ -120,3 +120,28 @@ def test_pruned_head_is_the_last_row_of_the_scoring_graphs_logits(onnx_dir):
     full = scorer.session.run(["logits"], feed)[0]
     assert last.shape[1] == 1 and full.shape[1] == ids.shape[1]
     np.testing.assert_allclose(last[0, -1], full[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_chat_serves_an_adapter_in_its_training_template(onnx_dir, tokenizer, tmp_path):
+    """An adapter trained with a custom template is prompted with that template, token for token."""
+    import importlib.util
+
+    import yaml
+
+    from ondevice.text import encode_example
+
+    spec = importlib.util.spec_from_file_location("chat", ROOT / "scripts" / "chat.py")
+    chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chat)
+    template = "Question: {prompt}\nAnswer: {response}"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["adapters"]["travel"]["template"] = template
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert chat.adapter_template(tmp_path / "params.yaml", "travel") == template
+    assert chat.adapter_template(tmp_path / "params.yaml", None) == "chat"  # the base: finetune.template
+    text = chat.prompt_text(None, onnx_dir, template, "Is Porto walkable?")
+    assert text == "Question: Is Porto walkable?\nAnswer: "
+    trained = encode_example(tokenizer, template, {"prompt": "Is Porto walkable?", "response": "Yes."}, 96)
+    served = list(og.Tokenizer(og.Model(str(onnx_dir))).encode(text))
+    assert trained["input_ids"][: len(served)] == served
+    assert trained["labels"][len(served) - 1] == -100 and trained["labels"][len(served)] != -100

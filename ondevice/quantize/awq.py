@@ -166,7 +166,10 @@ def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuant
     mlp_in = layer_wrapper.get_mlp_inputs(return_name=False)
     (mlp_out,) = layer_wrapper.get_mlp_outputs(return_name=False)
     norm1 = layer_wrapper.get_first_layer_norm(return_name=False)
-    norm2 = layer_wrapper.get_second_layer_norm(return_name=False)
+    # Gemma 2/3 normalise the MLP input with pre_feedforward_layernorm (post_attention_layernorm
+    # scales the attention output); Olive's wrapper knows this for gemma2 only.
+    norm2 = getattr(layer_wrapper.layer, "pre_feedforward_layernorm", None) or \
+        layer_wrapper.get_second_layer_norm(return_name=False)
     grid = cfg["grid"]
     grams = {}
 
@@ -175,7 +178,9 @@ def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuant
         return gram * inv[:, None] * inv[None, :]
 
     def fold_into_norm(norm, linears, s):
-        norm.weight.data /= s.to(norm.weight.dtype)
+        # Gemma's RMSNorm multiplies by (1 + w): fold into (1 + w), not w.
+        offset = 1.0 if type(norm).__name__.startswith("Gemma") else 0.0
+        norm.weight.data = (norm.weight.data + offset) / s.to(norm.weight.dtype) - offset
         if getattr(norm, "bias", None) is not None:
             norm.bias.data /= s.to(norm.bias.dtype)
         for lin in linears:

@@ -1,0 +1,146 @@
+"""GPU throughput of a model built for `optimize.provider: cuda`, read top to bottom.
+
+1. load the shipped folder with every adapter through onnxruntime-genai-cuda (the seed's client);
+2. base and each adapter in interleaved rounds, so the adapter cost is a paired comparison;
+3. optionally the builder's own default int4 build of the same float base, in the same rounds;
+4. the peer: PyTorch bf16 `generate` on the same card, after the ONNX models are freed;
+5. GPU memory: what the card holds with the model and adapters loaded, from nvidia-smi.
+Same fixed prompt as the CPU benchmark, greedy, exactly `new_tokens` new tokens, medians.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from ondevice.benchmark import prompt_ids, timed_generate
+from ondevice.runtime import kv_capacity_floor, open_model
+
+
+def gpu_memory_used_mb() -> float:
+    """Memory in use on GPU 0, as the driver sees it (onnxruntime's allocations are not torch's)."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[0])
+
+
+def gpu_name() -> str:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[0]
+
+
+def builder_default_build(float_dir: Path, out_dir: Path) -> float:
+    """What `python -m onnxruntime_genai.models.builder -p int4 -e cuda` makes of the float base: the bar
+    our AWQ build with LoRA inputs is held to. Returns the build's seconds."""
+    import contextlib
+    import io
+
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    from ondevice.export import builder_config_fixes
+
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as cache:
+        options = parse_extra_options(None, str(float_dir), str(out_dir), "int4", "cuda", cache, [])
+        builder_config_fixes(options["hf_details"]["hf_config"])
+        create_model(None, str(float_dir), str(out_dir), "int4", "cuda", cache, **options)
+    return time.perf_counter() - t0
+
+
+def torch_generate(float_dir: Path, b: dict) -> dict:
+    """PyTorch bf16 `generate` on the GPU: prefill (first token) and decode, timed like the ONNX runs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(float_dir)
+    model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.bfloat16).to("cuda").eval()
+    ids = torch.tensor([prompt_ids(lambda s: tok(s, add_special_tokens=False)["input_ids"], b["prompt_tokens"])],
+                       device="cuda")
+    n_new, runs = b["new_tokens"], []
+    with torch.no_grad():
+        for i in range(b["warmup"] + b["runs"]):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+            torch.cuda.synchronize()
+            t_first = time.perf_counter()
+            model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+            torch.cuda.synchronize()
+            ttft, total = t_first - t0, time.perf_counter() - t_first
+            if i >= b["warmup"]:
+                runs.append({"prefill_tok_s": ids.shape[1] / ttft, "ttft_ms": ttft * 1000,
+                             "decode_tok_s": (n_new - 1) / max(total - ttft, 1e-9)})
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+
+
+def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dict) -> tuple[dict, dict]:
+    """Returns (metrics, plot rows by plot name), like the CPU benchmark."""
+    memory_before = gpu_memory_used_mb()
+    model, tok, loaded = open_model(onnx_dir, adapters)
+    memory_loaded = gpu_memory_used_mb()
+    ids, floor = prompt_ids(tok.encode, b["prompt_tokens"]), kv_capacity_floor(onnx_dir)
+    engines = {"ort_int4": (model, None, None)}
+    engines.update({f"ort_int4_{n}": (model, loaded, n) for n in adapters})
+    builder_dir = None
+    if b["builder_reference"]:
+        builder_dir = tempfile.TemporaryDirectory()
+        build_s = builder_default_build(float_dir, Path(builder_dir.name))
+        builder_model, _, _ = open_model(Path(builder_dir.name))
+        engines["builder_int4"] = (builder_model, None, None)
+
+    # Interleaved rounds: every engine once per round, so drift hits all of them alike.
+    runs = {name: [] for name in engines}
+    for round_ in range(b["warmup"] + b["runs"]):
+        for name, (m, a, adapter_name) in engines.items():
+            r = timed_generate(m, a, adapter_name, ids, b["new_tokens"], floor)
+            if round_ >= b["warmup"]:
+                runs[name].append(r)
+    results = {name: {k: round(statistics.median(r[k] for r in rs), 3) for k in ("prefill_tok_s", "ttft_ms",
+                                                                                 "decode_tok_s")}
+               for name, rs in runs.items()}
+    # Decode speed as the KV cache grows: base and the first adapter after prompts of each length.
+    first = next(iter(adapters))
+    context_rows = []
+    for context in b["context_lengths"]:
+        long_ids = prompt_ids(tok.encode, context)
+        for label, a, name in (("base", None, None), (first, loaded, first)):
+            r = timed_generate(model, a, name, long_ids, b["sweep_new_tokens"], floor)
+            context_rows.append({"context": context, "model": label, "decode_tok_s": round(r["decode_tok_s"], 2),
+                                 "ttft_ms": round(r["ttft_ms"], 2)})
+    memory_peak = gpu_memory_used_mb()
+    del engines, model, loaded
+    gc.collect()
+    if builder_dir:
+        builder_dir.cleanup()
+
+    base = results["ort_int4"]["decode_tok_s"]
+    cost = {n: round(100 * (1 - results[f"ort_int4_{n}"]["decode_tok_s"] / base), 2) for n in adapters}
+    metrics = {"device": gpu_name(), "prompt_tokens": len(ids), "new_tokens": b["new_tokens"], **results,
+               "adapter_decode_cost_pct": cost, "adapter_decode_cost_pct_max": max(cost.values()),
+               "gpu_memory_model_and_adapters_mb": round(memory_loaded - memory_before, 1),
+               "gpu_memory_peak_mb": round(memory_peak - memory_before, 1),
+               "model_mb": round(sum(p.stat().st_size for p in Path(onnx_dir).glob("model.onnx*")) / 1e6, 2),
+               "adapter_mb": {n: round(Path(p).stat().st_size / 1e6, 3) for n, p in adapters.items()}}
+    if "builder_int4" in results:
+        metrics["builder_build_s"] = round(build_s, 1)
+        metrics["base_vs_builder"] = round(base / results["builder_int4"]["decode_tok_s"], 3)
+    if b["torch_baseline"]:
+        metrics["torch_bf16"] = torch_generate(float_dir, b)
+        slowest = min(results[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
+        metrics["speedup_vs_torch_bf16"] = round(slowest / metrics["torch_bf16"]["decode_tok_s"], 2)
+    engine_rows = {**results, **({"torch_bf16": metrics["torch_bf16"]} if "torch_bf16" in metrics else {})}
+    plots = {"engines": [{"engine": n, "decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"],
+                          "ttft_ms": r["ttft_ms"]} for n, r in engine_rows.items()],
+             "context": context_rows,
+             # CPU threads do not apply on the GPU: one row, threads 0 = the provider's own scheduling
+             "threads": [{"threads": 0, "model": "base", "decode_tok_s": base,
+                          "prefill_tok_s": results["ort_int4"]["prefill_tok_s"]}]}
+    return metrics, plots
+
