@@ -112,6 +112,8 @@ CASES = {
     "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
     "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
+    "model-unknown-random-shape": lambda t: script_error(t, "model", "--out", "o",
+                                                         **{"model.source": "random:llama-70b"}),
     "model-hub-unreachable": lambda t: _hub_unreachable(t),
     "model-unsupported-family": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _gpt2(t)}),
     "model-gguf-missing": lambda t: script_error(t, "model", "--out", "o",
