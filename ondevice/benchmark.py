@@ -92,11 +92,11 @@ def run_switch(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
         load_ms[name] = round((time.perf_counter() - t0) * 1000, 3)
     rss_loaded = _rss_now_mb()
     ids = prompt_ids(tok.encode, min(b["prompt_tokens"], 16))
-    names, steps = list(adapters), 8
+    names, steps, floor = list(adapters), 8, kv_capacity_floor(onnx_dir)
     set_us, decode = [], []
     for i in range(b["switches"] + 1):
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=max(len(ids) + steps, kv_capacity_floor(onnx_dir)),
+        params.set_search_options(max_length=max(len(ids) + steps, floor),
                                   min_length=len(ids) + steps, do_sample=False)
         gen = og.Generator(model, params)
         t0 = time.perf_counter()
@@ -202,24 +202,32 @@ def run_paired(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | Non
     return out
 
 
-def run_torch(model_dir: str, b: dict) -> dict:
+def run_torch(model_dir: str, b: dict, device: str = "cpu") -> dict:
+    """The PyTorch peer: fp32 `generate` on the CPU, or bf16 on the GPU (synchronised before each clock)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if b["threads"]:
+    if b["threads"] and device == "cpu":
         torch.set_num_threads(b["threads"])
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt_ids(lambda s: tok(s, add_special_tokens=False)["input_ids"], b["prompt_tokens"])])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    ids = torch.tensor([prompt_ids(lambda s: tok(s, add_special_tokens=False)["input_ids"], b["prompt_tokens"])],
+                       device=device)
     n_new = b["new_tokens"]
+
+    def clock():
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     @torch.no_grad()
     def once():
-        t0 = time.perf_counter()
+        t0 = clock()
         model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-        t_first = time.perf_counter()
+        t_first = clock()
         model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
-        t_end = time.perf_counter()
+        t_end = clock()
         ttft = t_first - t0
         return {"prefill_tok_s": ids.shape[1] / ttft, "ttft_ms": ttft * 1000,
                 "decode_tok_s": (n_new - 1) / max(t_end - t_first - ttft, 1e-9), "generated": n_new}

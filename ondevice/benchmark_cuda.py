@@ -13,10 +13,9 @@ import gc
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from ondevice.benchmark import prompt_ids, timed_generate
+from ondevice.benchmark import prompt_ids, run_torch, timed_generate
 from ondevice.runtime import kv_capacity_floor, open_model
 
 
@@ -36,48 +35,10 @@ def gpu_name() -> str:
 def builder_default_build(float_dir: Path, out_dir: Path) -> float:
     """What `python -m onnxruntime_genai.models.builder -p int4 -e cuda` makes of the float base: the bar
     our AWQ build with LoRA inputs is held to. Returns the build's seconds."""
-    import contextlib
-    import io
+    from ondevice.export import run_builder
 
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options
-
-    from ondevice.export import builder_config_fixes
-
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as cache:
-        options = parse_extra_options(None, str(float_dir), str(out_dir), "int4", "cuda", cache, [])
-        builder_config_fixes(options["hf_details"]["hf_config"])
-        create_model(None, str(float_dir), str(out_dir), "int4", "cuda", cache, **options)
-    return time.perf_counter() - t0
-
-
-def torch_generate(float_dir: Path, b: dict) -> dict:
-    """PyTorch bf16 `generate` on the GPU: prefill (first token) and decode, timed like the ONNX runs."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(float_dir)
-    model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.bfloat16).to("cuda").eval()
-    ids = torch.tensor([prompt_ids(lambda s: tok(s, add_special_tokens=False)["input_ids"], b["prompt_tokens"])],
-                       device="cuda")
-    n_new, runs = b["new_tokens"], []
-    with torch.no_grad():
-        for i in range(b["warmup"] + b["runs"]):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-            torch.cuda.synchronize()
-            t_first = time.perf_counter()
-            model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
-            torch.cuda.synchronize()
-            ttft, total = t_first - t0, time.perf_counter() - t_first
-            if i >= b["warmup"]:
-                runs.append({"prefill_tok_s": ids.shape[1] / ttft, "ttft_ms": ttft * 1000,
-                             "decode_tok_s": (n_new - 1) / max(total - ttft, 1e-9)})
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
-    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+    with tempfile.TemporaryDirectory() as cache:
+        return run_builder(float_dir, out_dir, "int4", "cuda", Path(cache), [])
 
 
 def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dict) -> tuple[dict, dict]:
@@ -132,7 +93,7 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
         metrics["builder_build_s"] = round(build_s, 1)
         metrics["base_vs_builder"] = round(base / results["builder_int4"]["decode_tok_s"], 3)
     if b["torch_baseline"]:
-        metrics["torch_bf16"] = torch_generate(float_dir, b)
+        metrics["torch_bf16"] = run_torch(str(float_dir), b, "cuda")
         slowest = min(results[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
         metrics["speedup_vs_torch_bf16"] = round(slowest / metrics["torch_bf16"]["decode_tok_s"], 2)
     engine_rows = {**results, **({"torch_bf16": metrics["torch_bf16"]} if "torch_bf16" in metrics else {})}

@@ -121,11 +121,10 @@ def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, promp
     from ondevice.text import render
 
     model, og_tok, adapters = open_model(onnx_dir, {adapter_name: adapter_path} if adapter_path else None)
-    answers = []
+    floor, answers = kv_capacity_floor(onnx_dir), []
     for prompt in prompts:
         ids = og_tok.encode(render(tokenizer, template, prompt)[0])
-        answer = "".join(stream_answer(model, og_tok, adapters, adapter_name, ids, max_new_tokens,
-                                       kv_capacity_floor(onnx_dir)))
+        answer = "".join(stream_answer(model, og_tok, adapters, adapter_name, ids, max_new_tokens, floor))
         answers.append(answer.replace("<|im_end|>", "").strip())
     return answers
 

@@ -34,12 +34,14 @@ def unfused_checkpoint(quantized_dir: Path, work: Path) -> Path:
     qzeros and bias all split at the same boundaries, so we split them here, bit for bit, and the
     builder fuses q/k/v again itself. A checkpoint with nothing fused is returned as it is.
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig
 
+    with safe_open(quantized_dir / "model.safetensors", "pt") as f:  # the names only: most models fuse nothing
+        if not any(f".{fused}." in name for name in f.keys() for fused in FUSED_IN_CHECKPOINT):
+            return quantized_dir
     tensors = load_file(quantized_dir / "model.safetensors")
-    if not any(f".{fused}." in name for name in tensors for fused in FUSED_IN_CHECKPOINT):
-        return quantized_dir
     config = AutoConfig.from_pretrained(quantized_dir)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
@@ -79,24 +81,29 @@ def builder_config_fixes(config) -> None:
         rope["type"] = rope["rope_type"]
 
 
-def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> float:
-    """Run the onnxruntime-genai model builder; returns seconds."""
+def run_builder(input_dir: Path, out_dir: Path, precision: str, provider: str, cache_dir: Path,
+                extra: list[str]) -> float:
+    """The onnxruntime-genai 0.18 builder's Python API, its config read the way it expects; seconds."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
-    checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the builder prints a line per layer
+        options = parse_extra_options(None, str(input_dir), str(out_dir), precision, provider, str(cache_dir), extra)
+        builder_config_fixes(options["hf_details"]["hf_config"])
+        create_model(None, str(input_dir), str(out_dir), precision, provider, str(cache_dir), **options)
+    return time.perf_counter() - t0
 
+
+def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> float:
+    """Run the onnxruntime-genai model builder on the quantized checkpoint; returns seconds."""
     # is_symmetric stays at the builder's default (true): it only concerns the head (the layers
     # arrive quantized), and the builder's asymmetric path leaves the tied embedding in fp32.
     extra = [f"block_size={o['int4_block_size']}", f"accuracy_level={o['int4_accuracy_level']}"]
     if o["prune_lm_head"]:  # prefill computes the last position's logits only
         extra.append("prune_lm_head=true")
+    checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
     t0 = time.perf_counter()
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):  # the builder prints a line per layer
-        options = parse_extra_options(None, str(checkpoint), str(out_dir), o["precision"], o["provider"],
-                                      str(cache_dir), extra)
-        builder_config_fixes(options["hf_details"]["hf_config"])
-        create_model(None, str(checkpoint), str(out_dir), o["precision"], o["provider"], str(cache_dir), **options)
+    run_builder(checkpoint, out_dir, o["precision"], o["provider"], cache_dir, extra)
     # The builder re-saves the tokenizer through transformers; ours is the normalised one.
     copy_tokenizer(quantized_dir, out_dir)
     # The HF config travels with the model: the adapter step reads the projection sizes from it.

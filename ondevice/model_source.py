@@ -122,8 +122,10 @@ def check_supported(config, source: str) -> str:
     return arch
 
 
-def materialize(source: str, out_dir: Path, params: dict | None = None) -> dict:
-    """Write a float HF folder for `source` into out_dir; return facts for the metrics file."""
+def materialize(source: str, out_dir: Path, params: dict | None = None, config=None) -> dict:
+    """Write a float HF folder for `source` into out_dir; return facts for the metrics file.
+    `config`: the source's config if the caller has already loaded and checked it (a GGUF's is a
+    whole-header parse)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,8 +134,9 @@ def materialize(source: str, out_dir: Path, params: dict | None = None) -> dict:
 
         return random_source.materialize(source, out_dir)
     name, kwargs = resolve(source, params)
-    config = _load_config(name, kwargs, source)
-    check_supported(config, source)
+    if config is None:
+        config = _load_config(name, kwargs, source)
+        check_supported(config, source)
     if "gguf_file" in kwargs and config.model_type.startswith("gemma3"):
         # transformers builds Gemma 3's GGUF tokenizer as a Unigram model without <bos>: rebuild it
         # as the SentencePiece BPE it is (ondevice.gguf_gemma; ids identical to llama.cpp's)
