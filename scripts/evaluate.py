@@ -9,6 +9,7 @@ import click
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ondevice import params as P
+from ondevice import threads
 from ondevice.atomic import UserError, write_json, write_text
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
@@ -70,7 +71,7 @@ def main(params_path, base, quantized, onnx_dir, adapters_dir, prepared, metrics
         models["rtn_reference_torch"] = lambda: rtn_model(Path(base), params).to(device)
     result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
                                "group_size": qc["group_size"]}}
-    scorer = OnnxScorer(Path(onnx_dir))
+    scorer = OnnxScorer(Path(onnx_dir), threads.count())  # a queued sweep's share of the cores, else all
     arrays = {n: read_adapter(p) for n, p in paths.items()}
     for split, scores in score_torch(models, examples).items():
         scores["quantized_base"] = scorer.loss(examples[split])
