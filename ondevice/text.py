@@ -13,6 +13,12 @@ def render(tokenizer, template: str, prompt: str, response: str | None = None) -
     if template == "chat":
         from ondevice.model_source import eos_token
 
+        if not getattr(tokenizer, "chat_template", None):  # base models (Gemma 3 270M) ship none
+            from ondevice.atomic import UserError
+
+            raise UserError('finetune.template=chat but the model has no chat template (a base model); give a '
+                            'string template, e.g. finetune.template: "{prompt}\\n{response}"')
+
         msgs = [{"role": "user", "content": prompt}]
         prompt_text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         completion = "" if response is None else response + eos_token(tokenizer) + "\n"

@@ -112,6 +112,7 @@ CASES = {
     "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
     "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
+    "chat-template-on-base-model": lambda t: _render_error(),
     "model-unknown-random-shape": lambda t: script_error(t, "model", "--out", "o",
                                                          **{"model.source": "random:llama-70b"}),
     "model-hub-unreachable": lambda t: _hub_unreachable(t),
@@ -186,6 +187,17 @@ def _not_gguf(tmp_path):
 
 
 PHI = "azureml://registries/azureml/models/Phi-3.5-mini-instruct/versions"
+
+
+def _render_error():
+    """The chat template asked of a tokenizer that has none (what quantize's calibration rendering meets first)."""
+    from types import SimpleNamespace
+
+    from ondevice.text import render
+
+    with pytest.raises(UserError) as e:
+        render(SimpleNamespace(chat_template=None), "chat", "Where is Porto?", "In Portugal.")
+    return str(e.value)
 
 
 def _azureml_error(tmp_path, source, error=None, write=None):
