@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV))/bin
 PY     := $(BIN)/python
 ARGS   ?=
 
-.PHONY: help setup repro repro-gpu test test-all chat bench bench-llama levers register lint \
+.PHONY: help setup repro repro-full repro-gpu test test-all chat bench bench-llama levers register lint \
         docker-base docker-build docker-run docker-shell docker-test clean
 
 help:  ## list the targets
@@ -22,8 +22,8 @@ setup: $(BIN)/activate  ## create .venv and install the pinned dependencies (CPU
 	@test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
 	@$(BIN)/dvc config core.autostage true
 
-repro:  ## run the pipeline (`dvc repro`); reruns only what changed
-	PATH=$(BIN):$$PATH $(BIN)/dvc repro $(ARGS)
+repro:  ## run the pipeline (`dvc repro`); reruns only what changed; stage times -> metrics/repro.json
+	PATH=$(BIN):$$PATH $(PY) scripts/timed_repro.py $(ARGS)
 
 test:  ## the default test suite (CI runs this; under ~20 min on 2 cores)
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q $(ARGS)
@@ -53,6 +53,9 @@ GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S fi
   -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.device=cuda \
   -S optimize.provider=cuda -S evaluate.device=cuda -S evaluate.rtn_reference=false \
   -S benchmark.builder_reference=true -S benchmark.profile=false
+repro-full:  ## the default pipeline plus onnxruntime's per-node decode profile (benchmark.profile), as an experiment
+	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.profile=true $(ARGS)
+
 repro-gpu:  ## the whole pipeline on one CUDA GPU (Phi-3.5-mini-shaped; ARGS adds or overrides -S)
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run $(GPU_PROFILE) $(ARGS)
 

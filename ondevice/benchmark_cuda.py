@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ondevice.benchmark import prompt_ids, run_torch, timed_generate
+from ondevice.engines import prompt_ids, timed_answer, torch_decode
 from ondevice.runtime import kv_capacity_floor, open_model
 
 
@@ -60,7 +60,7 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
     runs = {name: [] for name in engines}
     for round_ in range(b["warmup"] + b["runs"]):
         for name, (m, a, adapter_name) in engines.items():
-            r = timed_generate(m, a, adapter_name, ids, b["new_tokens"], floor)
+            r = timed_answer(m, a, adapter_name, ids, b["new_tokens"], floor)
             if round_ >= b["warmup"]:
                 runs[name].append(r)
     results = {name: {k: round(statistics.median(r[k] for r in rs), 3) for k in ("prefill_tok_s", "ttft_ms",
@@ -72,7 +72,7 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
     for context in b["context_lengths"]:
         long_ids = prompt_ids(tok.encode, context)
         for label, a, name in (("base", None, None), (first, loaded, first)):
-            r = timed_generate(model, a, name, long_ids, b["sweep_new_tokens"], floor)
+            r = timed_answer(model, a, name, long_ids, b["sweep_new_tokens"], floor)
             context_rows.append({"context": context, "model": label, "decode_tok_s": round(r["decode_tok_s"], 2),
                                  "ttft_ms": round(r["ttft_ms"], 2)})
     memory_peak = gpu_memory_used_mb()
@@ -93,7 +93,7 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
         metrics["builder_build_s"] = round(build_s, 1)
         metrics["base_vs_builder"] = round(base / results["builder_int4"]["decode_tok_s"], 3)
     if b["torch_baseline"]:
-        metrics["torch_bf16"] = run_torch(str(float_dir), b, "cuda")
+        metrics["torch_bf16"] = torch_decode(str(float_dir), b, "cuda")
         slowest = min(results[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
         metrics["speedup_vs_torch_bf16"] = round(slowest / metrics["torch_bf16"]["decode_tok_s"], 2)
     engine_rows = {**results, **({"torch_bf16": metrics["torch_bf16"]} if "torch_bf16" in metrics else {})}

@@ -54,6 +54,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "int4_block_size": (int, (16, 32, 64, 128, 256)),
         "int4_accuracy_level": (int, (0, 1, 2, 3, 4)),
         "prune_lm_head": (bool, None),
+        "intra_op_threads": (int, {"min": 0, "max": 256}),
         "lora_targets": (list, LORA_TARGETS),
     },
     "evaluate": {

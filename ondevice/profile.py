@@ -57,16 +57,17 @@ def summarize(trace: list[dict]) -> dict:
     }
 
 
-def profile(onnx_dir: Path, adapter: Path | None, name: str, prompt_tokens: int, new_tokens: int,
+def profile(onnx_dir: str, adapter: str | None, name: str, prompt_tokens: int, new_tokens: int,
             threads: int) -> dict:
-    from ondevice.benchmark import decode_tok_s, prompt_ids
+    """One profiled greedy decode of the benchmark prompt, base (adapter None) or with the adapter."""
+    from ondevice.engines import prompt_ids, timed_answer
     from ondevice.runtime import kv_capacity_floor, open_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tok, adapters = open_model(onnx_dir, {name: adapter} if adapter else None, threads,
                                           enable_profiling=str(Path(tmp) / "ort_profile"))
-        tok_s = decode_tok_s(model, adapters, name if adapters else None, prompt_ids(tok.encode, prompt_tokens),
-                             new_tokens, kv_capacity_floor(onnx_dir))
+        tok_s = timed_answer(model, adapters, name if adapters else None, prompt_ids(tok.encode, prompt_tokens),
+                             new_tokens, kv_capacity_floor(onnx_dir))["decode_tok_s"]
         del adapters, tok, model  # the profile file is written when the session closes
         files = sorted(Path(tmp).glob("ort_profile*.json"))
         if not files:

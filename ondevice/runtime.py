@@ -1,4 +1,4 @@
-"""The onnxruntime-genai client of the output contract, shared by `scripts/chat.py` and evaluate.
+"""The onnxruntime-genai client of the output contract, shared by `scripts/chat.py`, evaluate and benchmark.
 
 og.Model(dir); og.Adapters(model).load(path, name); og.GeneratorParams; og.Generator;
 generator.set_active_adapter(adapters, name); append_tokens; generate_next_token until is_done,
@@ -6,6 +6,7 @@ decoded through tokenizer.create_stream().
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,20 +51,46 @@ def kv_capacity_floor(model_dir: Path) -> int:
     return int((decoder.get("sliding_window") or {}).get("window_size") or 0)
 
 
-def stream_answer(model, tokenizer, adapters, adapter_name: str | None, prompt_ids,
-                  max_new_tokens: int, capacity_floor: int = 0) -> Iterator[str]:
-    """Greedy generation, yielding decoded text piece by piece (at most max_new_tokens pieces)."""
+def generate(model, adapters, adapter_name: str | None, prompt_ids, max_new_tokens: int,
+             capacity_floor: int = 0, exact: bool = False) -> Iterator[int]:
+    """The one greedy decode loop: yields each new token id (exact: exactly max_new_tokens, no stop
+    at end of sequence, as the benchmark needs). The prompt is prefilled before the first yield.
+    capacity_floor: the model's sliding window (kv_capacity_floor), the least max_length."""
     import onnxruntime_genai as og
 
+    total = len(prompt_ids) + max_new_tokens
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=max(len(prompt_ids) + max_new_tokens, capacity_floor), do_sample=False)
+    params.set_search_options(max_length=max(total, capacity_floor), do_sample=False,
+                              **({"min_length": total} if exact else {}))
     generator = og.Generator(model, params)
     if adapters is not None and adapter_name:
         generator.set_active_adapter(adapters, adapter_name)
     generator.append_tokens(prompt_ids)
-    stream = tokenizer.create_stream()
     for _ in range(max_new_tokens):
         if generator.is_done():
             break
         generator.generate_next_token()
-        yield stream.decode(generator.get_next_tokens()[0])
+        yield generator.get_next_tokens()[0]
+
+
+def stream_answer(model, tokenizer, adapters, adapter_name: str | None, prompt_ids,
+                  max_new_tokens: int, capacity_floor: int = 0) -> Iterator[str]:
+    """Greedy generation, yielding decoded text piece by piece (at most max_new_tokens pieces)."""
+    stream = tokenizer.create_stream()
+    for token in generate(model, adapters, adapter_name, prompt_ids, max_new_tokens, capacity_floor):
+        yield stream.decode(token)
+
+
+def timed(tokens: Iterator, prompt_tokens: int) -> dict:
+    """Clock a token stream: time to first token (prefill included), prompt tokens / that time, and
+    decode tok/s over the tokens after the first."""
+    t0 = time.perf_counter()
+    t_first, n = t0, 0
+    for _ in tokens:
+        n += 1
+        if n == 1:
+            t_first = time.perf_counter()
+    t_end = time.perf_counter()
+    ttft = t_first - t0
+    return {"prefill_tok_s": prompt_tokens / ttft, "ttft_ms": ttft * 1000,
+            "decode_tok_s": (n - 1) / (t_end - t_first) if n > 1 else 0.0, "generated": n}

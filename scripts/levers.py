@@ -13,7 +13,8 @@ import click
 
 from ondevice import params as P
 from ondevice.atomic import write_json
-from ondevice.benchmark import _child, weight_bytes_per_token
+from ondevice.child import in_child
+from ondevice.engines import context_decode, paired_decode, weight_bytes_per_token
 from ondevice.cli import params_option, stage
 from ondevice.export import export_adapter, optimize
 
@@ -57,8 +58,7 @@ def main(params_path, quantized, lora, name, rounds, out):
                 cfg["model"]["decoder"]["session_options"].update(session)
                 (onnx / "genai_config.json").write_text(json.dumps(cfg, indent=4))
             built[variant] = onnx
-            r = _child("context", {"b": {**b, "context": longest}, "onnx_dir": str(onnx), "adapter": None,
-                                   "adapter_name": name})
+            r = in_child(context_decode, onnx_dir=str(onnx), adapter=None, adapter_name=name, b=b, context=longest)
             results[variant] = {"weight_mb_per_token": round(weight_bytes_per_token(onnx) / 1e6, 2),
                                 "adapter_mb": adapter["adapter_mb"],
                                 f"context_{longest}_prefill_tok_s": r["prefill_tok_s"],
@@ -67,8 +67,8 @@ def main(params_path, quantized, lora, name, rounds, out):
         # Rounds over all variants, base and adapter interleaved inside each: the box drifts.
         for _ in range(rounds):
             for variant, onnx in built.items():
-                paired = _child("paired", {"b": b, "onnx_dir": str(onnx),
-                                           "adapters": {name: str(onnx / "adapters" / f"{name}.onnx_adapter")}})
+                paired = in_child(paired_decode, onnx_dir=str(onnx), b=b,
+                                  adapters={name: str(onnx / "adapters" / f"{name}.onnx_adapter")})
                 results[variant]["runs"].append(paired)
     for variant, row in results.items():
         runs = row.pop("runs")

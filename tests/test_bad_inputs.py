@@ -218,8 +218,9 @@ def _azureml_error(tmp_path, source, error=None, write=None):
 
 
 def _hub_unreachable(tmp_path):
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return script_error(tmp_path, "model", "--out", "o", **{"model.source": "someone/not-cached-model"})
+    with pytest.MonkeyPatch.context() as mp:  # not os.environ: that would leak into every later test
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return script_error(tmp_path, "model", "--out", "o", **{"model.source": "someone/not-cached-model"})
 
 
 def _disk_error(tmp_path):

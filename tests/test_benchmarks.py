@@ -4,7 +4,8 @@ work was really done."""
 import onnxruntime_genai as og
 import pytest
 
-from ondevice import benchmark as B
+from ondevice import engines as E
+from ondevice.benchmark import benchmark as run_benchmark
 
 PROMPT_TOKENS = 32
 
@@ -15,7 +16,7 @@ def runtime(onnx_dir):
     adapters = og.Adapters(model)
     adapters.load(str(onnx_dir / "adapters" / "travel.onnx_adapter"), "travel")
     tok = og.Tokenizer(model)
-    return model, adapters, tok, B.prompt_ids(tok.encode, PROMPT_TOKENS)
+    return model, adapters, tok, E.prompt_ids(tok.encode, PROMPT_TOKENS)
 
 
 def _primed_generator(model, adapters, ids, adapter):
@@ -45,12 +46,15 @@ def test_adapter_switch(benchmark, runtime):
         gen.set_active_adapter(adapters, "travel")
         return gen
 
-    assert benchmark(switch) is not None
+    gen = benchmark(switch)
+    gen.append_tokens(ids)  # the switched generator decodes with the adapter on
+    gen.generate_next_token()
+    assert gen.token_count() == len(ids) + 1
 
 
 def test_tokenizer_encode(benchmark, runtime):
     _, _, tok, _ = runtime
-    ids = benchmark(tok.encode, B.PROMPT[:2000])
+    ids = benchmark(tok.encode, E.PROMPT[:2000])
     assert len(ids) > 300
 
 
@@ -69,7 +73,7 @@ def two_adapters(onnx_dir, tmp_path_factory):
 def test_benchmark_stage_reports_every_metric(onnx_dir, tiny_dir, two_adapters):
     b = dict(prompt_tokens=16, new_tokens=8, runs=1, warmup=0, threads=1, torch_baseline=True, switches=6,
              context_lengths=[16, 48], thread_counts=[1, 2], sweep_new_tokens=4, llama_cpp=False, profile=True)
-    metrics, plots = B.benchmark(onnx_dir, two_adapters, tiny_dir, b)
+    metrics, plots = run_benchmark(onnx_dir, two_adapters, tiny_dir, b)
     for engine in ("ort_int4", "ort_int4_travel", "ort_int4_cooking", "torch_fp32"):
         assert metrics[engine]["decode_tok_s"] > 0 and metrics[engine]["peak_rss_mb"] > 0
         assert metrics[engine]["generated"] == 8
@@ -104,7 +108,7 @@ def test_llama_cpp_peer_decodes_the_embedded_gguf():
 
     gguf = str(embedded_gguf("embedded:smollm2-135m-instruct"))
     b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
-    r = B.run_llama_cpp(gguf, b)
+    r = E.llama_cpp_decode(gguf, b)
     assert r["generated"] == 8 and r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0
 
 
@@ -114,7 +118,7 @@ def test_llama_cpp_takes_turns_in_the_paired_rounds(onnx_dir):
 
     b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
     adapters = {"travel": str(onnx_dir / "adapters" / "travel.onnx_adapter")}
-    r = B.run_paired(str(onnx_dir), adapters, b, str(embedded_gguf("embedded:smollm2-135m-instruct")))
+    r = E.paired_decode(str(onnx_dir), adapters, b, str(embedded_gguf("embedded:smollm2-135m-instruct")))
     assert r["llama_cpp_decode_tok_s"] > 0 and r["base_decode_tok_s"] > 0 and "travel_cost_pct" in r
 
 
