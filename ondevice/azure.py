@@ -57,12 +57,14 @@ def tags(metrics_dir: Path, params: dict) -> dict:
         for n in names if "{n}" in tag else [None]:
             path = Path(metrics_dir) / f"{file.format(n=n)}.json"
             if path not in files:
-                files[path] = json.loads(path.read_text()) if path.exists() else None
-            if files[path] is not None:
-                try:
-                    out[tag.format(n=n)] = str(_dig(files[path], key.format(n=n)))
-                except KeyError:
-                    pass
+                if not path.exists():
+                    raise UserError(f"{path} is missing (Azure tag {tag.format(n=n)}); run `make repro` before registering")
+                files[path] = json.loads(path.read_text())
+            try:
+                out[tag.format(n=n)] = str(_dig(files[path], key.format(n=n)))
+            except (KeyError, TypeError):  # a renamed metric must not drop a tag silently
+                raise UserError(f"{path} has no {key.format(n=n)} for Azure tag {tag.format(n=n)}: "
+                                "update KEY_METRICS in ondevice/azure.py to the metric's new name") from None
     out["adapters"] = ",".join(names)
     return out
 

@@ -89,3 +89,23 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
             plots["threads"].append({"threads": threads, "model": label, "decode_tok_s": r["decode_tok_s"],
                                      "prefill_tok_s": r["prefill_tok_s"]})
     return metrics, plots
+
+
+def headline(m: dict) -> dict:
+    """The figures a person compares between runs (DVCLive's summary), from a CPU or a CUDA benchmark:
+    decode tok/s of the base and of the slowest adapter (paired rounds where measured), the adapter
+    cost, sizes, and the ratios to the peers that ran."""
+    adapters = list(m["adapter_decode_cost_pct"])
+    if "paired" in m:
+        base = m["paired"]["base_decode_tok_s"]
+        slowest = min(m["paired"][f"{n}_decode_tok_s"] for n in adapters)
+    else:
+        base = m["ort_int4"]["decode_tok_s"]
+        slowest = min(m[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
+    out = {"decode_tok_s": base, "adapter_decode_tok_s": slowest, "adapter_cost_pct": m["adapter_decode_cost_pct_max"],
+           "model_mb": m["model_mb"], "adapter_mb": max(m["adapter_mb"].values())}
+    for key in ("roofline_fraction", "speedup_vs_torch_fp32", "adapter_vs_llama_cpp", "speedup_vs_torch_bf16",
+                "base_vs_builder", "gpu_memory_model_and_adapters_mb"):
+        if key in m:
+            out[key] = m[key]
+    return out

@@ -131,3 +131,53 @@ def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, promp
 
 def encode_rows(tokenizer, template: str, rows: list[dict], seq_len: int) -> list[dict]:
     return [encode_example(tokenizer, template, r, seq_len) for r in rows]
+
+
+def score_torch(models: dict, examples: dict) -> dict:
+    """{model label: loader} x {split: examples} -> {split: {label: loss}}, one model in memory at a time."""
+    import gc
+
+    out = {split: {} for split in examples}
+    for label, load in models.items():
+        model = load()
+        for split, ex in examples.items():
+            out[split][label] = torch_loss(model, ex)
+        del model
+        gc.collect()
+    return out
+
+
+def score_matrix(torch_models: dict, scorer: OnnxScorer, examples: dict, adapters: dict) -> dict:
+    """Every eval split scored by every PyTorch reference and by the shipped ONNX model, alone and
+    with each adapter (its own and the others', so a wrong adapter shows). Keys per split:
+    each torch label, quantized_base, adapter_NAME, best, own_adapter_gain_loss,
+    quantization_cost_ppl, and gain_vs_rtn_ppl where an RTN reference was scored."""
+    result = {}
+    for split, scores in score_torch(torch_models, examples).items():
+        scores["quantized_base"] = scorer.loss(examples[split])
+        for name, arrays in adapters.items():
+            scores[f"adapter_{name}"] = scorer.loss(examples[split], arrays)
+        candidates = ["quantized_base"] + [f"adapter_{n}" for n in adapters]
+        scores["best"] = min(candidates, key=lambda c: scores[c]["loss"]).removeprefix("adapter_")
+        scores["own_adapter_gain_loss"] = round(scores["quantized_base"]["loss"] - scores[f"adapter_{split}"]["loss"], 5)
+        scores["quantization_cost_ppl"] = round(scores["quantized_base"]["perplexity"]
+                                                - scores["float_base"]["perplexity"], 4)
+        if "rtn_reference_torch" in scores:
+            scores["gain_vs_rtn_ppl"] = round(scores["rtn_reference_torch"]["perplexity"]
+                                              - scores["quantized_base_torch"]["perplexity"], 4)
+        result[f"on_{split}"] = scores
+    result["own_adapter_best_everywhere"] = all(result[f"on_{n}"]["best"] == n for n in adapters)
+    return result
+
+
+def headline(result: dict, names: list[str]) -> dict:
+    """The figures a person compares between runs (DVCLive's summary): per split, the float base's,
+    the shipped int4 base's and the int4 base + own adapter's perplexity, and that adapter's loss."""
+    out = {}
+    for split in names:
+        scores = result[f"on_{split}"]
+        out[f"{split}/float_ppl"] = scores["float_base"]["perplexity"]
+        out[f"{split}/int4_ppl"] = scores["quantized_base"]["perplexity"]
+        out[f"{split}/int4_adapter_ppl"] = scores[f"adapter_{split}"]["perplexity"]
+        out[f"{split}/int4_adapter_loss"] = scores[f"adapter_{split}"]["loss"]
+    return out

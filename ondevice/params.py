@@ -33,6 +33,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "device": (str, DEVICES),
         "calibration": (str, None),
     },
+    "reference": {"algorithms": (list, ALGORITHMS + ("empty_ok",))},
     "finetune": {
         "r": (int, {"min": 1, "max": 512}),
         "alpha": (float, {"min": 0.0}),
@@ -62,7 +63,6 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "generate_rows": (int, {"min": 0}),
         "max_new_tokens": (int, {"min": 1, "max": 4096}),
         "device": (str, DEVICES),
-        "rtn_reference": (bool, None),
     },
     "benchmark": {
         "prompt_tokens": (int, {"min": 1, "max": 8192}),
@@ -97,7 +97,8 @@ def _check(section: str, key: str, value, typ, constraint) -> None:
         raise UserError(f"{where} has type {type(value).__name__}; expected {typ.__name__}")
     if isinstance(constraint, tuple):
         values = value if isinstance(value, list) else [value]
-        if typ is list and not values:
+        empty_ok, constraint = "empty_ok" in constraint, tuple(c for c in constraint if c != "empty_ok")
+        if typ is list and not values and not empty_ok:
             raise UserError(f"{where} is empty; allowed: {', '.join(map(str, constraint))}")
         for v in values:
             if v not in constraint:

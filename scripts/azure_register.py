@@ -26,9 +26,9 @@ from ondevice.register import make_bundle
 @stage
 def main(params_path, onnx_dir, adapters_dir, metrics_dir, card, dry_run, next_version, receipt):
     params = P.load(params_path)
-    azure.model_asset(Path(onnx_dir), params, Path(metrics_dir))  # fails early if there is no model
     if not Path(card).is_file():
         raise UserError(f"model card {card} missing; run `dvc repro -s register` (it writes the card)")
+    azure.model_asset(Path(onnx_dir), params, Path(metrics_dir))  # fails early: no model, or a metric missing
     ws = None if dry_run else azure.workspace(params)
     with tempfile.TemporaryDirectory(dir=Path(onnx_dir).parent) as tmp:
         bundle = make_bundle(Path(onnx_dir), Path(adapters_dir), Path(tmp) / "model", Path(card))

@@ -7,9 +7,10 @@ import click
 
 from ondevice import params as P
 from ondevice.atomic import UserError, write_csv, write_json
-from ondevice.benchmark import benchmark
+from ondevice.benchmark import benchmark, headline
 from ondevice.benchmark_cuda import benchmark as benchmark_cuda
 from ondevice.cli import params_option, stage
+from ondevice.live import log_summary
 from ondevice.cuda_check import model_providers, require_cuda_provider
 from ondevice.model_source import EMBEDDED, embedded_gguf
 
@@ -33,8 +34,9 @@ def llama_cpp_gguf(params: dict) -> Path | None:
 @click.option("--base", default="models/base", show_default=True)
 @click.option("--metrics", default="metrics/benchmark.json", show_default=True)
 @click.option("--plots", "plots_dir", default="plots/benchmark", show_default=True)
+@click.option("--live", "live_dir", default="dvclive/benchmark", show_default=True)
 @stage
-def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir):
+def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir, live_dir):
     params = P.load(params_path)
     gguf = llama_cpp_gguf(params)
     adapters = {n: Path(adapters_dir) / f"{n}.onnx_adapter" for n in params["adapters"]}
@@ -47,6 +49,7 @@ def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir):
         for name, rows in plots.items():
             write_csv(Path(plots_dir) / f"{name}.csv", rows)
         write_json(metrics, result)
+        log_summary(live_dir, headline(result))
         for r in plots["engines"]:
             click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} "
                        f"tok/s, TTFT {r['ttft_ms']:.1f} ms on {result['device']}")
@@ -57,6 +60,7 @@ def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir):
     for name, rows in plots.items():
         write_csv(Path(plots_dir) / f"{name}.csv", rows)
     write_json(metrics, result)
+    log_summary(live_dir, headline(result))
     for r in plots["engines"]:
         click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, "
                    f"prefill {r['prefill_tok_s']:.0f} tok/s, TTFT {r['ttft_ms']:.0f} ms, "

@@ -1,8 +1,6 @@
 """Stage `evaluate`: every eval split scored by the float base, the shipped int4 base alone and the
 int4 base with each adapter (its own and the others', so a wrong adapter shows)."""
-import gc
 import json
-import tempfile
 from pathlib import Path
 
 import click
@@ -13,45 +11,25 @@ from ondevice import threads
 from ondevice.atomic import UserError, write_json, write_text
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
-from ondevice.evaluate import OnnxScorer, encode_rows, generate, torch_loss
+from ondevice.evaluate import OnnxScorer, encode_rows, generate, headline, score_matrix
+from ondevice.live import log_summary
 from ondevice.onnx_lora import read_adapter
-from ondevice.quantize import load_dequantized, pick_device, quantize
-
-
-def rtn_model(base: Path, params: dict):
-    """The same bits and group size with plain RTN (Olive's pass): the algorithm's gain stays
-    visible in every run's metrics, not only across experiments."""
-    q = {**params["quantize"], "algorithm": "rtn"}
-    with tempfile.TemporaryDirectory() as work:
-        out = Path(work) / "rtn"
-        out.mkdir()
-        quantize(base, out, q, None, Path(work), params["optimize"]["int4_block_size"])
-        return load_dequantized(out)
-
-
-def score_torch(models: dict, examples: dict) -> dict:
-    """{model label: loader} x {split: examples} -> {split: {label: loss}}, one model in memory at a time."""
-    out = {split: {} for split in examples}
-    for label, load in models.items():
-        model = load()
-        for split, ex in examples.items():
-            out[split][label] = torch_loss(model, ex)
-        del model
-        gc.collect()
-    return out
+from ondevice.quantize import load_dequantized, pick_device
 
 
 @click.command()
 @params_option
 @click.option("--base", default="models/base", show_default=True)
 @click.option("--quantized", default="models/quantized", show_default=True)
+@click.option("--references", default="models/reference", show_default=True, help="the reference stage's folders")
 @click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
 @click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
 @click.option("--prepared", default="data/prepared", show_default=True)
 @click.option("--metrics", default="metrics/evaluate.json", show_default=True)
 @click.option("--samples", default="reports/samples.md", show_default=True)
+@click.option("--live", "live_dir", default="dvclive/evaluate", show_default=True)
 @stage
-def main(params_path, base, quantized, onnx_dir, adapters_dir, prepared, metrics, samples):
+def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepared, metrics, samples, live_dir):
     params = P.load(params_path)
     e, names = params["evaluate"], list(params["adapters"])
     paths = {n: Path(adapters_dir) / f"{n}.onnx_adapter" for n in names}
@@ -67,28 +45,15 @@ def main(params_path, base, quantized, onnx_dir, adapters_dir, prepared, metrics
     device = pick_device(e["device"])
     models = {"float_base": lambda: AutoModelForCausalLM.from_pretrained(base).eval().to(device),
               "quantized_base_torch": lambda: load_dequantized(quantized).to(device)}
-    if qc.get("algorithm") != "rtn" and e["rtn_reference"]:
-        models["rtn_reference_torch"] = lambda: rtn_model(Path(base), params).to(device)
-    result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
-                               "group_size": qc["group_size"]}}
+    for folder in sorted(p for p in Path(references).glob("*") if p.is_dir()):  # the reference stage's
+        if folder.name != qc.get("algorithm"):  # quantizations, scored beside ours
+            models[f"{folder.name}_reference_torch"] = lambda folder=folder: load_dequantized(folder).to(device)
     scorer = OnnxScorer(Path(onnx_dir), threads.count())  # a queued sweep's share of the cores, else all
-    arrays = {n: read_adapter(p) for n, p in paths.items()}
-    for split, scores in score_torch(models, examples).items():
-        scores["quantized_base"] = scorer.loss(examples[split])
-        for n in names:
-            scores[f"adapter_{n}"] = scorer.loss(examples[split], arrays[n])
-        candidates = ["quantized_base"] + [f"adapter_{n}" for n in names]
-        scores["best"] = min(candidates, key=lambda c: scores[c]["loss"]).removeprefix("adapter_")
-        own = scores[f"adapter_{split}"]["loss"]
-        scores["own_adapter_gain_loss"] = round(scores["quantized_base"]["loss"] - own, 5)
-        scores["quantization_cost_ppl"] = round(scores["quantized_base"]["perplexity"]
-                                                - scores["float_base"]["perplexity"], 4)
-        if "rtn_reference_torch" in scores:
-            scores["gain_vs_rtn_ppl"] = round(scores["rtn_reference_torch"]["perplexity"]
-                                              - scores["quantized_base_torch"]["perplexity"], 4)
-        result[f"on_{split}"] = scores
-    result["own_adapter_best_everywhere"] = all(result[f"on_{n}"]["best"] == n for n in names)
+    result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
+                               "group_size": qc["group_size"]},
+              **score_matrix(models, scorer, examples, {n: read_adapter(p) for n, p in paths.items()})}
     write_json(metrics, result)
+    log_summary(live_dir, headline(result, names))
 
     lines = ["# Sample answers (greedy, shipped int4 ONNX model)\n"]
     for split in names:

@@ -1,12 +1,14 @@
-"""Stage `finetune@NAME`: one adapter's LoRA on the shared quantized base; loss per step as a DVC plot."""
+"""Stage `finetune@NAME`: one adapter's LoRA on the shared quantized base; loss and learning rate per
+step logged with DVCLive (dvc plots, and the last step in dvc exp show)."""
 import click
 from transformers import AutoTokenizer
 
 from ondevice import params as P
-from ondevice.atomic import atomic_dir, write_csv, write_json
+from ondevice.atomic import atomic_dir, write_json
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
 from ondevice.finetune import train
+from ondevice.live import live
 
 
 @click.command()
@@ -16,16 +18,21 @@ from ondevice.finetune import train
 @click.option("--train", "train_path", default="data/prepared/{adapter}/train.jsonl", show_default=True)
 @click.option("--out", default="models/lora/{adapter}", show_default=True)
 @click.option("--metrics", default="metrics/finetune/{adapter}.json", show_default=True)
-@click.option("--plot", default="plots/train_loss/{adapter}.csv", show_default=True)
+@click.option("--live", "live_dir", default="dvclive/finetune/{adapter}", show_default=True)
 @stage
-def main(params_path, name, quantized, train_path, out, metrics, plot):
+def main(params_path, name, quantized, train_path, out, metrics, live_dir):
     f = P.adapter_config(P.load(params_path), name)
-    train_path, out, metrics, plot = (p.format(adapter=name) for p in (train_path, out, metrics, plot))
+    train_path, out, metrics, live_dir = (p.format(adapter=name) for p in (train_path, out, metrics, live_dir))
     tokenizer = AutoTokenizer.from_pretrained(quantized)
-    model, history, summary = train(quantized, tokenizer, read_jsonl(train_path), f)
+    with live(live_dir) as session:
+        def log(step: dict) -> None:
+            session.log_metric("loss", step["loss"])
+            session.log_metric("lr", step["lr"])
+            session.next_step()
+
+        model, history, summary = train(quantized, tokenizer, read_jsonl(train_path), f, log)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-    write_csv(plot, history)
     write_json(metrics, summary)
     click.echo(f"{name}: LoRA r={f['r']}: loss {summary['train_loss_first']} -> {summary['train_loss_last']} "
                f"in {summary['seconds']} s -> {out}")

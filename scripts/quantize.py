@@ -3,13 +3,12 @@ import tempfile
 from pathlib import Path
 
 import click
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from ondevice import params as P
 from ondevice.atomic import atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
-from ondevice.data import read_jsonl
-from ondevice.quantize import calibration_ids, quantize
+from ondevice.quantize import calibration_for, quantize
 
 
 @click.command()
@@ -26,11 +25,7 @@ def main(params_path, base, train_path, out, metrics):
     P.check_model_fit(params, AutoConfig.from_pretrained(base))
     # Olive's working copy plus the packed output: about the size of the float base, with margin
     require_free_space(out, int(1.5 * folder_bytes(base)), "the quantized model")
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    template = P.adapter_config(params, q["calibration"])["template"]
-    rows = read_jsonl(train_path.format(calibration=q["calibration"]))
-    calib = calibration_ids(tokenizer, template, rows, q["calibration_samples"], q["calibration_seq_len"],
-                            seed=params["data"]["seed"])
+    calib = calibration_for(params, Path(base), Path(train_path.format(calibration=q["calibration"])))
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         result = quantize(Path(base), tmp, q, calib, Path(work), params["optimize"]["int4_block_size"])
     write_json(metrics, result)

@@ -37,7 +37,22 @@ def metrics_dir(tmp_path):
         "on_travel": {"adapter_travel": {"loss": 3.1, "perplexity": 22.2}, "quantized_base": {"perplexity": 60.2}},
         "on_cooking": {"adapter_cooking": {"loss": 2.9, "perplexity": 18.2}, "quantized_base": {"perplexity": 50.1}},
         "quantization": {"algorithm": "awq"}}))
+    (d / "optimize.json").write_text(json.dumps({"model_mb": 88.2}))
+    (d / "benchmark.json").write_text(json.dumps({"ort_int4": {"decode_tok_s": 238.0}, "ort_int4_travel": {
+        "decode_tok_s": 205.0}, "ort_int4_cooking": {"decode_tok_s": 210.0}}))
+    (d / "adapter").mkdir()
+    for name in ("travel", "cooking"):
+        (d / "adapter" / f"{name}.json").write_text(json.dumps({"adapter_mb": 5.9}))
     return d
+
+
+def test_a_renamed_or_missing_metric_is_an_error_not_a_dropped_tag(metrics_dir):
+    (metrics_dir / "optimize.json").write_text(json.dumps({"model_size_mb": 88.2}))
+    with pytest.raises(UserError, match=r"optimize.json has no model_mb for Azure tag model_mb: update KEY_METRICS"):
+        azure.tags(metrics_dir, PARAMS)
+    (metrics_dir / "optimize.json").unlink()
+    with pytest.raises(UserError, match=r"optimize.json is missing \(Azure tag model_mb\); run `make repro`"):
+        azure.tags(metrics_dir, PARAMS)
 
 
 def test_asset_is_a_custom_model_with_key_metric_tags(onnx_dir, metrics_dir):

@@ -13,6 +13,7 @@ from test_pipeline import sh as pipeline_sh
 from test_queue import copy_in, env_for
 
 from conftest import ROOT
+from ondevice import azure
 from ondevice import azure_job as J
 from ondevice import variants
 from ondevice.atomic import UserError
@@ -224,6 +225,13 @@ def bad_input(case: str, tmp_path: Path) -> str:
                               str(ROOT / "params.yaml"), "--onnx", "onnx", "--adapters", "onnx", "--card",
                               str(tmp_path / "no.md"), "--dry-run"], cwd=tmp_path, capture_output=True, text=True)
         return out.stderr.strip().removeprefix("error: ")
+    if case == "register-metric-renamed":
+        (tmp_path / "metrics").mkdir()
+        (tmp_path / "metrics/evaluate.json").write_text('{"quantization": {"method": "awq"}}')
+        call = lambda: azure.tags(tmp_path / "metrics", yaml.safe_load((ROOT / "params.yaml").read_text()))  # noqa: E731
+        with pytest.raises(UserError) as e:
+            call()
+        return str(e.value).replace(str(tmp_path), "<dir>")
     if case == "sweep-bad-variant":
         call = lambda: variants.parse("finetune.r")  # noqa: E731
     elif case.startswith("azure-job-remote-"):
@@ -243,4 +251,4 @@ def bad_input(case: str, tmp_path: Path) -> str:
 
 BAD_INPUTS = ("azure-job-no-compute", "azure-job-workspace-not-found", "azure-job-compute-not-found",
               "azure-job-credentials-rejected", "azure-job-remote-missing", "azure-job-remote-secret",
-              "azure-job-remote-local", "register-no-card", "sweep-bad-variant")
+              "azure-job-remote-local", "register-no-card", "register-metric-renamed", "sweep-bad-variant")

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import ROOT
 
-STAGES = ["model", "data@travel", "data@cooking", "quantize", "finetune@travel", "finetune@cooking", "optimize",
+STAGES = ["model", "data@travel", "data@cooking", "quantize", "reference", "finetune@travel", "finetune@cooking", "optimize",
           "adapter@travel", "adapter@cooking", "evaluate", "benchmark", "register"]
 SHARED = ["evaluate", "benchmark", "register"]  # stages that cover every adapter
 TINY_PARAMS = {
@@ -83,7 +83,10 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
         assert (repo / f"plots/benchmark/{plot}.csv").exists()
     for name in ("travel", "cooking"):
         assert (repo / f"models/adapters/{name}.onnx_adapter").exists()
-        assert (repo / f"plots/train_loss/{name}.csv").read_text().startswith("step,loss,lr")
+        # DVCLive: a loss per step (dvc plots) and the last step's values (dvc exp show)
+        steps = (repo / f"dvclive/finetune/{name}/plots/metrics/loss.tsv").read_text().splitlines()
+        summary = json.loads((repo / f"dvclive/finetune/{name}/metrics.json").read_text())
+        assert steps[0] == "step\tloss" and len(steps) == 1 + summary["step"] + 1 and summary["lr"] > 0
     manifest = json.loads((repo / "reports/manifest.json").read_text())
     assert {"adapters/travel.onnx_adapter", "adapters/cooking.onnx_adapter", "model.onnx"} <= set(manifest["files"])
     assert manifest["packages"]["onnxruntime-genai"] and manifest["adapters"] == ["cooking", "travel"]
@@ -96,6 +99,12 @@ def test_benchmark_params_rerun_only_benchmark_and_the_card(repo):
     set_params(repo, **{"benchmark.new_tokens": 6})
     assert ran(sh("dvc repro", repo, env)) == ["benchmark", "register"]  # the model card quotes the speed
     assert json.loads((repo / "metrics/benchmark.json").read_text())["ort_int4"]["generated"] == 6
+    # Two runs side by side (HEAD and this workspace): headline figures only, readable in 200 columns
+    header = sh("dvc exp show --only-changed --csv --no-pager", repo, env).splitlines()[0].split(",")
+    assert len(header) <= 25, header
+    table = sh("dvc exp show --only-changed --no-pager", repo, {**env, "COLUMNS": "200"})
+    assert "benchmark.new_tokens" in table and "decode_tok_s" in table, table
+    assert max(len(line) for line in table.splitlines()) <= 200 and "…" not in table.splitlines()[1], table
 
 
 def test_same_seed_retrain_gives_the_same_eval_loss(repo):
@@ -113,7 +122,7 @@ def test_one_adapters_rank_reruns_only_its_stages_and_diffs(repo):
     set_params(repo, **{"adapters.cooking.r": 8})
     assert ran(sh("dvc repro", repo, env)) == ["finetune@cooking", "adapter@cooking"] + SHARED
     diff = sh("dvc metrics diff --md", repo, env)
-    assert "metrics/evaluate.json" in diff and "on_cooking.adapter_cooking.loss" in diff
+    assert "dvclive/evaluate/metrics.json" in diff and "cooking.int4_adapter_loss" in diff
     assert "adapters.cooking.r" in sh("dvc params diff", repo, env)
 
 
@@ -138,7 +147,7 @@ def test_exp_run_and_exp_show_compare_runs(repo):
     table = sh("dvc exp show --md --no-pager --only-changed", repo, env)
     header = table.splitlines()[0]
     assert "rank2" in table, table
-    assert "adapter_travel" in table and "finetune.r" in table.replace("params.yaml:", ""), header
+    assert "travel.int4_adapter_loss" in header and "finetune.r" in header.replace("params.yaml:", ""), header
 
 
 def test_dvc_push_pull_round_trip_restores_the_model_byte_for_byte(repo, tmp_path):

@@ -42,6 +42,20 @@ def calibration_ids(tokenizer, template: str, train_rows: list[dict], samples: i
     return torch.tensor(stream[: n * seq_len]).reshape(n, seq_len)
 
 
+def calibration_for(params: dict, base: Path, train_path: Path) -> torch.Tensor:
+    """The calibration blocks params.yaml asks for: `quantize.calibration`'s train rows, rendered in
+    that adapter's template (what the model will see), packed as calibration_ids does."""
+    from transformers import AutoTokenizer
+
+    from ondevice import params as P
+    from ondevice.data import read_jsonl
+
+    q = params["quantize"]
+    template = P.adapter_config(params, q["calibration"])["template"]
+    return calibration_ids(AutoTokenizer.from_pretrained(base), template, read_jsonl(train_path),
+                           q["calibration_samples"], q["calibration_seq_len"], seed=params["data"]["seed"])
+
+
 def _olive_pass(float_dir: Path, pass_config: dict, work: Path) -> Path:
     from olive import run
 
