@@ -58,7 +58,8 @@ def tags(metrics_dir: Path, params: dict) -> dict:
             path = Path(metrics_dir) / f"{file.format(n=n)}.json"
             if path not in files:
                 if not path.exists():
-                    raise UserError(f"{path} is missing (Azure tag {tag.format(n=n)}); run `make repro` before registering")
+                    raise UserError(f"{path} is missing (Azure tag {tag.format(n=n)}); "
+                                    "run `make repro` before registering")
                 files[path] = json.loads(path.read_text())
             try:
                 out[tag.format(n=n)] = str(_dig(files[path], key.format(n=n)))

@@ -159,7 +159,8 @@ def score_matrix(torch_models: dict, scorer: OnnxScorer, examples: dict, adapter
             scores[f"adapter_{name}"] = scorer.loss(examples[split], arrays)
         candidates = ["quantized_base"] + [f"adapter_{n}" for n in adapters]
         scores["best"] = min(candidates, key=lambda c: scores[c]["loss"]).removeprefix("adapter_")
-        scores["own_adapter_gain_loss"] = round(scores["quantized_base"]["loss"] - scores[f"adapter_{split}"]["loss"], 5)
+        own = scores[f"adapter_{split}"]["loss"]
+        scores["own_adapter_gain_loss"] = round(scores["quantized_base"]["loss"] - own, 5)
         scores["quantization_cost_ppl"] = round(scores["quantized_base"]["perplexity"]
                                                 - scores["float_base"]["perplexity"], 4)
         if "rtn_reference_torch" in scores:

@@ -103,7 +103,7 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
         extra.append("prune_lm_head=true")
     checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
     t0 = time.perf_counter()
-    run_builder(checkpoint, out_dir, o["precision"], o["provider"], cache_dir, extra)
+    run_builder(checkpoint, out_dir, "int4", o["provider"], cache_dir, extra)
     # The builder re-saves the tokenizer through transformers; ours is the normalised one.
     copy_tokenizer(quantized_dir, out_dir)
     # The HF config travels with the model: the adapter step reads the projection sizes from it.

@@ -1,141 +1,183 @@
-"""params.yaml: load it and check it against a schema before any heavy work.
+"""params.yaml: load it and check it against typed models (pydantic) before any heavy work.
 
-The schema is plain data: for each key its type and, where it matters, its allowed values or range.
-A bad value fails with one line naming the key, the value and what is allowed.
+One model per section, each field's type and allowed values or range declared beside it. A bad value
+fails with one line naming the key, the value and what is allowed (docs/bad-inputs.md lists them).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ondevice.atomic import UserError
 
-ALGORITHMS = ("awq", "rtn", "gptq")
-DEVICES = ("auto", "cpu", "cuda")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                "qkv_proj", "gate_up_proj")  # the last two: fused projections of Phi-3
-
-# key -> (type, constraint). constraint: tuple of allowed values, (lo, hi) range via dict, or None.
-SCHEMA: dict[str, dict[str, tuple]] = {
-    "model": {"source": (str, None)},
-    "data": {"eval_fraction": (float, {"min": 0.01, "max": 0.9}), "seed": (int, {"min": 0})},
-    "quantize": {
-        "algorithm": (str, ALGORITHMS),
-        "bits": (int, (4,)),
-        "group_size": (int, (16, 32, 64, 128, 256)),
-        "symmetric": (bool, None),
-        "calibration_samples": (int, {"min": 1, "max": 4096}),
-        "calibration_seq_len": (int, {"min": 16, "max": 8192}),
-        "awq_grid": (int, {"min": 2, "max": 100}),
-        "awq_clip": (bool, None),
-        "device": (str, DEVICES),
-        "calibration": (str, None),
-    },
-    "reference": {"algorithms": (list, ALGORITHMS + ("empty_ok",))},
-    "finetune": {
-        "r": (int, {"min": 1, "max": 512}),
-        "alpha": (float, {"min": 0.0}),
-        "dropout": (float, {"min": 0.0, "max": 0.9}),
-        "target_modules": (list, LORA_TARGETS),
-        "lr": (float, {"min": 1e-7, "max": 1.0}),
-        "max_steps": (int, {"min": 1}),
-        "batch_size": (int, {"min": 1, "max": 1024}),
-        "seq_len": (int, {"min": 16}),
-        "seed": (int, {"min": 0}),
-        "template": (str, None),
-        "device": (str, DEVICES),
-    },
-    "adapters": {},  # name -> {data: path, any finetune key}: checked by _check_adapters
-    "optimize": {
-        "device": (str, ("cpu", "cuda")),
-        "provider": (str, ("cpu", "cuda")),
-        "precision": (str, ("int4",)),
-        "int4_block_size": (int, (16, 32, 64, 128, 256)),
-        "int4_accuracy_level": (int, (0, 1, 2, 3, 4)),
-        "prune_lm_head": (bool, None),
-        "intra_op_threads": (int, {"min": 0, "max": 256}),
-        "lora_targets": (list, LORA_TARGETS),
-    },
-    "evaluate": {
-        "max_rows": (int, {"min": 1}),
-        "generate_rows": (int, {"min": 0}),
-        "max_new_tokens": (int, {"min": 1, "max": 4096}),
-        "device": (str, DEVICES),
-    },
-    "benchmark": {
-        "prompt_tokens": (int, {"min": 1, "max": 8192}),
-        "new_tokens": (int, {"min": 1, "max": 8192}),
-        "runs": (int, {"min": 1, "max": 100}),
-        "warmup": (int, {"min": 0, "max": 20}),
-        "threads": (int, {"min": 0, "max": 256}),
-        "torch_baseline": (bool, None),
-        "switches": (int, {"min": 1, "max": 10000}),
-        "context_lengths": (list, {"items": int, "min": 1, "max": 32768}),
-        "thread_counts": (list, {"items": int, "min": 1, "max": 256}),
-        "sweep_new_tokens": (int, {"min": 2, "max": 4096}),
-        "profile": (bool, None),
-        "llama_cpp": (bool, None),
-        "builder_reference": (bool, None),
-    },
-    "register": {"name": (str, None), "version": (int, {"min": 1}), "description": (str, None),
-                 "license": (str, None), "azure": (dict, None)},
-    "azure_job": {"compute": (str, None), "experiment_name": (str, None), "environment": (str, None),
-                  "remote": (str, None), "stages": (list, None)},
-}
+Algorithm = Literal["awq", "rtn", "gptq"]
+Device = Literal["auto", "cpu", "cuda"]
+Provider = Literal["cpu", "cuda"]
+GroupSize = Literal[16, 32, 64, 128, 256]
+LoraTarget = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                     "qkv_proj", "gate_up_proj"]  # the last two: fused projections of Phi-3
+ALGORITHMS, DEVICES, LORA_TARGETS = get_args(Algorithm), get_args(Device), get_args(LoraTarget)
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Workspace coordinates only: credentials never go in params.yaml (DefaultAzureCredential finds them).
 AZURE_KEYS = ("subscription_id", "resource_group", "workspace")
 
 
-def _check(section: str, key: str, value, typ, constraint) -> None:
-    where = f"params.yaml: {section}.{key}={value!r}"
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
-        raise UserError(f"{where} has type {type(value).__name__}; expected {typ.__name__}")
-    if isinstance(constraint, tuple):
-        values = value if isinstance(value, list) else [value]
-        empty_ok, constraint = "empty_ok" in constraint, tuple(c for c in constraint if c != "empty_ok")
-        if typ is list and not values and not empty_ok:
-            raise UserError(f"{where} is empty; allowed: {', '.join(map(str, constraint))}")
-        for v in values:
-            if v not in constraint:
-                raise UserError(f"{where} is not allowed; allowed: {', '.join(map(str, constraint))}")
-    elif isinstance(constraint, dict):
-        values = value if isinstance(value, list) else [value]
-        if typ is list and not values:
-            raise UserError(f"{where} is empty")
-        for v in values:
-            item = constraint.get("items")
-            if item and (not isinstance(v, item) or isinstance(v, bool)):
-                raise UserError(f"{where} holds {v!r}; expected {item.__name__} values")
-            if "min" in constraint and v < constraint["min"]:
-                raise UserError(f"{where} is below the minimum {constraint['min']}")
-            if "max" in constraint and v > constraint["max"]:
-                raise UserError(f"{where} is above the maximum {constraint['max']}")
+def span(lo=None, hi=None):
+    return Field(ge=lo, le=hi)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Model(Section):
+    source: str
+
+
+class Data(Section):
+    eval_fraction: Annotated[float, span(0.01, 0.9)]
+    seed: Annotated[int, span(0)]
+
+
+class Quantize(Section):
+    algorithm: Algorithm
+    bits: Literal[4]
+    group_size: GroupSize
+    symmetric: bool
+    calibration_samples: Annotated[int, span(1, 4096)]
+    calibration_seq_len: Annotated[int, span(16, 8192)]
+    awq_grid: Annotated[int, span(2, 100)]
+    awq_clip: bool
+    device: Device
+    calibration: str
+
+
+class Reference(Section):
+    algorithms: list[Algorithm]  # may be empty: no reference
+
+
+class Finetune(Section):
+    r: Annotated[int, span(1, 512)]
+    alpha: Annotated[float, span(0.0)]
+    dropout: Annotated[float, span(0.0, 0.9)]
+    target_modules: Annotated[list[LoraTarget], Field(min_length=1)]
+    lr: Annotated[float, span(1e-7, 1.0)]
+    max_steps: Annotated[int, span(1)]
+    batch_size: Annotated[int, span(1, 1024)]
+    seq_len: Annotated[int, span(16)]
+    seed: Annotated[int, span(0)]
+    template: str
+    device: Device
+
+
+class Optimize(Section):
+    provider: Provider
+    int4_block_size: GroupSize
+    int4_accuracy_level: Literal[0, 1, 2, 3, 4]
+    prune_lm_head: bool
+    intra_op_threads: Annotated[int, span(0, 256)]
+    lora_targets: Annotated[list[LoraTarget], Field(min_length=1)]
+
+
+class Evaluate(Section):
+    max_rows: Annotated[int, span(1)]
+    generate_rows: Annotated[int, span(0)]
+    max_new_tokens: Annotated[int, span(1, 4096)]
+    device: Device
+
+
+class Benchmark(Section):
+    prompt_tokens: Annotated[int, span(1, 8192)]
+    new_tokens: Annotated[int, span(1, 8192)]
+    runs: Annotated[int, span(1, 100)]
+    warmup: Annotated[int, span(0, 20)]
+    threads: Annotated[int, span(0, 256)]
+    torch_baseline: bool
+    switches: Annotated[int, span(1, 10000)]
+    context_lengths: Annotated[list[Annotated[int, span(1, 32768)]], Field(min_length=1)]
+    thread_counts: Annotated[list[Annotated[int, span(1, 256)]], Field(min_length=1)]
+    sweep_new_tokens: Annotated[int, span(2, 4096)]
+    profile: bool
+    llama_cpp: bool
+    builder_reference: bool
+
+
+class Register(Section):
+    name: str
+    version: Annotated[int, span(1)]
+    description: str
+    license: str
+    azure: dict
+
+
+class AzureJob(Section):
+    compute: str
+    experiment_name: str
+    environment: str
+    remote: str
+    stages: list
+
+
+SECTIONS: dict[str, type[Section] | None] = {  # adapters: name -> {data, any finetune key}, checked below
+    "model": Model, "data": Data, "quantize": Quantize, "reference": Reference, "finetune": Finetune,
+    "adapters": None, "optimize": Optimize, "evaluate": Evaluate, "benchmark": Benchmark, "register": Register,
+    "azure_job": AzureJob}
+
+
+def _message(where: str, error: dict, model: type[Section]) -> str:
+    """pydantic's error for one key, as our one line: the key, the value, what is allowed."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error["input"]
+    field = model.model_fields[error["loc"][0]].annotation
+    if kind == "literal_error":
+        allowed = get_args(get_args(field)[0]) if get_args(field) and get_args(get_args(field)[0]) else get_args(field)
+        if len(error["loc"]) == 1 and not any(type(value) is type(a) for a in allowed):  # '4' for 4: a type error
+            return f"{where} has type {type(value).__name__}; expected {type(allowed[0]).__name__}"
+        return f"{where} is not allowed; allowed: {', '.join(map(str, allowed))}"
+    if kind == "greater_than_equal":
+        return f"{where} is below the minimum {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f"{where} is above the maximum {ctx['le']}"
+    if kind == "too_short":
+        return f"{where} is empty"
+    expected = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str", "list_type": "list",
+                "dict_type": "dict"}.get(kind)
+    if expected and len(error["loc"]) > 1:  # a list item
+        return f"{where} holds {value!r}; expected {expected} values"
+    if expected:
+        return f"{where} has type {type(value).__name__}; expected {expected}"
+    return f"{where}: {error['msg']}"
+
+
+def _section(name: str, model: type[Section], given: dict, where_key: str | None = None) -> None:
+    """Validate one section (or one adapter's overrides against `model`); raise the first error as one line."""
+    try:
+        model.model_validate(given)
+    except ValidationError as e:
+        error = e.errors(include_url=False)[0]
+        key = error["loc"][0]
+        prefix = where_key or name
+        if error["type"] == "extra_forbidden":
+            raise UserError(f"params.yaml: unknown key {prefix}.{key}; known: {', '.join(model.model_fields)}") from None
+        if error["type"] == "missing":
+            raise UserError(f"params.yaml: missing key {prefix}.{key}") from None
+        raise UserError(_message(f"params.yaml: {prefix}.{key}={given[key]!r}", error, model)) from None
 
 
 def validate(params: dict) -> dict:
     if not isinstance(params, dict):
         raise UserError("params.yaml: top level must be a mapping of sections")
     for section in params:
-        if section not in SCHEMA:
-            raise UserError(f"params.yaml: unknown section {section!r}; known: {', '.join(SCHEMA)}")
-    for section, keys in SCHEMA.items():
-        given = params.get(section)
-        if not isinstance(given, dict):
+        if section not in SECTIONS:
+            raise UserError(f"params.yaml: unknown section {section!r}; known: {', '.join(SECTIONS)}")
+    for section, model in SECTIONS.items():
+        if not isinstance(params.get(section), dict):
             raise UserError(f"params.yaml: section {section!r} is missing or not a mapping")
-        if section == "adapters":
-            continue
-        for key in given:
-            if key not in keys:
-                raise UserError(f"params.yaml: unknown key {section}.{key}; known: {', '.join(keys)}")
-        for key, (typ, constraint) in keys.items():
-            if key not in given:
-                raise UserError(f"params.yaml: missing key {section}.{key}")
-            _check(section, key, given[key], typ, constraint)
+        if model:
+            _section(section, model, params[section])
     for key, value in params["register"]["azure"].items():
         if key not in AZURE_KEYS:
             raise UserError(f"params.yaml: unknown key register.azure.{key}; known: {', '.join(AZURE_KEYS)} "
@@ -155,6 +197,12 @@ def _check_template(where: str, template: str) -> None:
         )
 
 
+class AdapterOverrides(Finetune):
+    """adapters.NAME: a data file plus any finetune key, each checked as in finetune."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    data: str
+
+
 def _check_adapters(params: dict) -> None:
     adapters = params["adapters"]
     if not adapters:
@@ -165,14 +213,18 @@ def _check_adapters(params: dict) -> None:
                             "(it names files and DVC stages), and not 'none'")
         if not isinstance(spec, dict) or "data" not in spec:
             raise UserError(f"params.yaml: adapters.{name} needs a data file, e.g. {name}: {{data: data/{name}.jsonl}}")
-        for key, value in spec.items():
-            if key == "data":
-                _check("adapters", f"{name}.data", value, str, None)
-            elif key in SCHEMA["finetune"]:
-                _check("adapters", f"{name}.{key}", value, *SCHEMA["finetune"][key])
-            else:
+        for key in spec:
+            if key not in AdapterOverrides.model_fields:
                 raise UserError(f"params.yaml: unknown key adapters.{name}.{key}; known: data, "
-                                f"{', '.join(SCHEMA['finetune'])}")
+                                f"{', '.join(Finetune.model_fields)}")
+        # the overrides over the defaults: the effective settings must pass finetune's checks
+        effective = {**params["finetune"], **spec}
+        try:
+            AdapterOverrides.model_validate(effective)
+        except ValidationError as e:
+            key = e.errors(include_url=False)[0]["loc"][0]
+            if key in spec:
+                _section("adapters", AdapterOverrides, effective, f"adapters.{name}")
         config = adapter_config(params, name)
         _check_template(f"adapters.{name}.template", config["template"])
         missing = [t for t in config["target_modules"] if t not in params["optimize"]["lora_targets"]]
@@ -200,8 +252,6 @@ def load(path: str | Path = "params.yaml") -> dict:
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return validate(params)
-
-
 def check_model_fit(params: dict, config) -> None:
     """Checks that need the model's config: group size divides the matrices, seq_len fits the context."""
     gs = params["quantize"]["group_size"]

@@ -10,8 +10,8 @@ from ondevice.atomic import UserError, write_csv, write_json
 from ondevice.benchmark import benchmark, headline
 from ondevice.benchmark_cuda import benchmark as benchmark_cuda
 from ondevice.cli import params_option, stage
-from ondevice.live import log_summary
 from ondevice.cuda_check import model_providers, require_cuda_provider
+from ondevice.live import log_summary
 from ondevice.model_source import EMBEDDED, embedded_gguf
 
 

@@ -14,8 +14,8 @@ import click
 from ondevice import params as P
 from ondevice.atomic import write_json
 from ondevice.child import in_child
-from ondevice.engines import context_decode, paired_decode, weight_bytes_per_token
 from ondevice.cli import params_option, stage
+from ondevice.engines import context_decode, paired_decode, weight_bytes_per_token
 from ondevice.export import export_adapter, optimize
 
 

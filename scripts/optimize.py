@@ -19,9 +19,6 @@ from ondevice.export import optimize
 def main(params_path, quantized, out, metrics):
     params = P.load(params_path)
     o = params["optimize"]
-    if o["provider"] != o["device"]:
-        raise UserError(f"params.yaml: optimize.provider={o['provider']} differs from optimize.device={o['device']}; "
-                        "set both to cpu or both to cuda")
     require_free_space(out, int(1.5 * folder_bytes(quantized)), "the ONNX model")
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         result = optimize(Path(quantized), tmp, o, Path(work))

@@ -1,8 +1,9 @@
-"""`make repro`: `dvc repro`, each stage timed, the times kept in metrics/repro.json.
+"""`make repro`: `dvc repro`, each stage timed; per-stage seconds in reports/stage_seconds.json, the
+headline (the whole pipeline's seconds, the machine) in metrics/repro.json, a metric in dvc.yaml.
 
 A stage's seconds are those of its last run on this machine; `pipeline_s` sums them, so it is what
 `make repro` takes from a fresh clone even after runs that rebuilt only part of the pipeline.
-Times from another CPU are dropped, not mixed in. `dvc metrics show` lists the file (dvc.yaml).
+Times from another CPU are dropped, not mixed in.
 """
 import json
 import os
@@ -18,18 +19,19 @@ import click
 RUNNING = re.compile(r"^Running stage '([^']+)'")
 
 
-def machine() -> dict:
+def machine() -> str:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.+)$", flags, re.M)
-    return {"cpu": model.group(1).strip() if model else platform.processor(), "cpus": os.cpu_count(),
-            "avx512": " avx512f" in flags, "avx2": " avx2" in flags}
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    return f"{model.group(1).strip() if model else platform.processor()}, {os.cpu_count()} CPUs, {isa}"
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--metrics", default="metrics/repro.json", show_default=True)
+@click.option("--stages", "stages_path", default="reports/stage_seconds.json", show_default=True)
 @click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
-def main(metrics, dvc_args):
-    path = Path(metrics)
+def main(metrics, stages_path, dvc_args):
+    path = Path(stages_path)
     record = json.loads(path.read_text()) if path.exists() else {}
     here = machine()
     stages = record.get("stages_s", {}) if record.get("machine") == here else {}
@@ -53,12 +55,14 @@ def main(metrics, dvc_args):
     if current:
         stages[current] = round(time.perf_counter() - t_stage, 1)
     if ran:
-        record = {"machine": here, "stages_s": stages, "pipeline_s": round(sum(stages.values()), 1),
-                  "last_run_s": round(time.perf_counter() - t_start, 1), "last_run_stages": ran}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        click.echo(f"{len(ran)} stage(s) ran in {record['last_run_s']} s; the whole pipeline takes "
-                   f"{record['pipeline_s']} s on this machine (metrics/repro.json)")
+        headline = {"pipeline_s": round(sum(stages.values()), 1), "last_run_s": round(time.perf_counter() - t_start, 1),
+                    "machine": here}
+        for file, data in ((path, {"machine": here, "stages_s": stages, "last_run_stages": ran}),
+                           (Path(metrics), headline)):
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps(data, indent=2) + "\n")
+        click.echo(f"{len(ran)} stage(s) ran in {headline['last_run_s']} s; the whole pipeline takes "
+                   f"{headline['pipeline_s']} s on this machine ({metrics}, per stage in {stages_path})")
 
 
 if __name__ == "__main__":

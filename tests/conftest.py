@@ -22,8 +22,43 @@ QUANT = dict(algorithm="awq", bits=4, group_size=32, symmetric=False, calibratio
              awq_grid=10, awq_clip=True, device="cpu")
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
             seq_len=96, seed=0, template="chat", device="cpu")
-OPT = dict(device="cpu", provider="cpu", precision="int4", int4_block_size=32, int4_accuracy_level=0,
+OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0,
            prune_lm_head=True, intra_op_threads=0, lora_targets=["q_proj", "v_proj"])
+
+
+DELETE = object()  # a change that removes the key
+
+
+def edited_params(changes: dict | None = None, source: Path = ROOT / "params.yaml") -> dict:
+    """params.yaml (or `source`) with dotted keys changed: {"finetune.r": 8, "adapters.travel.template": ...}."""
+    import yaml
+
+    p = yaml.safe_load(Path(source).read_text())
+    for dotted, value in (changes or {}).items():
+        *parents, key = dotted.split(".")
+        node = p
+        for part in parents:
+            node = node[part]
+        if value is DELETE:
+            del node[key]
+        else:
+            node[key] = value
+    return p
+
+
+def write_params(path: Path, changes: dict | None = None, source: Path = ROOT / "params.yaml") -> Path:
+    """Write edited_params(changes, source) to `path` (it may be `source` itself); returns the path."""
+    import yaml
+
+    p = edited_params(changes, source)
+    Path(path).write_text(yaml.safe_dump(p, sort_keys=False))
+    return Path(path)
+
+
+@pytest.fixture()
+def params_file(tmp_path):
+    """params_file({"finetune.r": 8}) -> tmp_path/params.yaml: the repository's params with those changes."""
+    return lambda changes=None: write_params(tmp_path / "params.yaml", changes)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ from test_pipeline import sh as pipeline_sh
 from test_queue import copy_in, env_for
 
 from conftest import ROOT
-from ondevice import azure
+from ondevice import azure, variants
 from ondevice import azure_job as J
-from ondevice import variants
 from ondevice.atomic import UserError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

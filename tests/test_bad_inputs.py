@@ -17,7 +17,7 @@ from azure.identity import CredentialUnavailableError
 from test_azure_job import BAD_INPUTS as AZURE_JOB_CASES
 from test_azure_job import bad_input as azure_job_case
 
-from conftest import ROOT
+from conftest import DELETE, ROOT, edited_params, write_params
 from ondevice import params as P
 from ondevice.atomic import UserError, require_free_space
 from ondevice.data import read_rows
@@ -27,28 +27,10 @@ PY = os.path.abspath(sys.executable)  # tests chdir; keep the venv interpreter r
 GOOD = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def changed(**changes) -> dict:
-    p = json.loads(json.dumps(GOOD))
-    for dotted, value in changes.items():
-        *path, key = dotted.split(".")
-        node = p
-        for part in path:
-            node = node[part]
-        if value is _DELETE:
-            del node[key]
-        else:
-            node[key] = value
-    return p
-
-
 def params_error(**changes):
-    p = changed(**changes)
     with pytest.raises(UserError) as e:
-        P.validate(p)
+        P.validate(edited_params(changes))
     return str(e.value)
-
-
-_DELETE = object()
 
 
 def data_error(tmp_path, content: bytes):
@@ -59,8 +41,7 @@ def data_error(tmp_path, content: bytes):
 
 
 def script_error(tmp_path, script, *args, **param_changes):
-    p = changed(**param_changes)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    write_params(tmp_path / "params.yaml", param_changes)
     out = subprocess.run([PY, str(ROOT / "scripts" / f"{script}.py"), "--params",
                           str(tmp_path / "params.yaml"), *args], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode != 0
@@ -73,7 +54,7 @@ ROW = b'{"prompt": "a", "response": "b"}\n'
 CASES = {
     "unknown-section": lambda t: params_error(**{"training": {}}),
     "unknown-key": lambda t: params_error(**{"finetune.epochs": 3}),
-    "missing-key": lambda t: params_error(**{"finetune.lr": _DELETE}),
+    "missing-key": lambda t: params_error(**{"finetune.lr": DELETE}),
     "wrong-type": lambda t: params_error(**{"finetune.max_steps": "100"}),
     "below-min": lambda t: params_error(**{"finetune.r": 0}),
     "above-max": lambda t: params_error(**{"data.eval_fraction": 0.95}),
@@ -129,8 +110,6 @@ CASES = {
         t, PHI + "/4", error=ClientAuthenticationError("AADSTS7000222: The provided client secret keys are expired.")),
     "model-azureml-not-causal-lm": lambda t: _azureml_error(
         t, "azureml://registries/azureml/models/bert-base-uncased/versions/1", write="bert"),
-    "optimize-provider-device": lambda t: script_error(t, "optimize", "--out", "o",
-                                                       **{"optimize.provider": "cuda", "optimize.device": "cpu"}),
     "disk-full": lambda t: _disk_error(t),
     "cuda-missing": lambda t: _cuda_error(),
     "chat-no-model": lambda t: _chat_error(t, "--model", str(t / "none")),

@@ -128,14 +128,11 @@ def test_levers_script_measures_every_variant(quantized_dir, trained, tmp_path):
     import subprocess
     import sys
 
-    import yaml
+    from conftest import ROOT, write_params
 
-    from conftest import ROOT
-
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["benchmark"].update(prompt_tokens=16, new_tokens=6, runs=1, warmup=0, context_lengths=[32])
-    params["optimize"]["int4_accuracy_level"] = 0
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changes = {f"benchmark.{k}": v for k, v in dict(prompt_tokens=16, new_tokens=6, runs=1, warmup=0,
+                                                     context_lengths=[32]).items()}
+    write_params(tmp_path / "params.yaml", {**changes, "optimize.int4_accuracy_level": 0})
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "travel").symlink_to(trained[3])
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "levers.py"),

@@ -6,9 +6,8 @@ import sys
 import time
 
 import pytest
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, write_params
 from ondevice.atomic import atomic_dir
 
 
@@ -18,14 +17,7 @@ def run_script(name, *args, cwd=ROOT):
 
 
 def params_with(tmp_path, section, key, value):
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    node = p
-    for part in section.split("."):
-        node = node[part]
-    node[key] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(p))
-    return str(path)
+    return str(write_params(tmp_path / "params.yaml", {f"{section}.{key}": value}))
 
 
 @pytest.mark.parametrize("script,section,key,value,message", [
@@ -46,10 +38,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, script, section, key, value, mes
 
 
 def test_model_stage_rejects_group_size_before_loading(tmp_path, tiny_dir):
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["model"]["source"] = str(tiny_dir)
-    p["quantize"]["group_size"] = 256
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    write_params(tmp_path / "params.yaml", {"model.source": str(tiny_dir), "quantize.group_size": 256})
     out = run_script("model", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "group_size=256 does not divide the model's hidden_size=64" in out.stderr
 

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime_genai as og
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, write_params
 from ondevice import onnx_lora
 from ondevice.evaluate import OnnxScorer, torch_loss
 from ondevice.quantize import load_dequantized
@@ -132,17 +132,13 @@ def test_chat_serves_an_adapter_in_its_training_template(onnx_dir, tokenizer, tm
     """An adapter trained with a custom template is prompted with that template, token for token."""
     import importlib.util
 
-    import yaml
-
     from ondevice.text import encode_example
 
     spec = importlib.util.spec_from_file_location("chat", ROOT / "scripts" / "chat.py")
     chat = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(chat)
     template = "Question: {prompt}\nAnswer: {response}"
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["adapters"]["travel"]["template"] = template
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path / "params.yaml", {"adapters.travel.template": template})
     assert chat.adapter_template(tmp_path / "params.yaml", "travel") == template
     assert chat.adapter_template(tmp_path / "params.yaml", None) == "chat"  # the base: finetune.template
     text = chat.prompt_text(None, onnx_dir, template, "Is Porto walkable?")

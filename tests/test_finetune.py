@@ -47,6 +47,7 @@ def test_custom_template(quantized_dir, tokenizer, rows):
     ex = encode_example(tokenizer, "Q: {prompt}\nA: {response}", rows[0], 64)
     assert ex["labels"][0] == -100 and ex["labels"][-1] != -100
     # the loss covers the response and nothing of the template's prompt part
-    masked = [i for i, label in zip(ex["input_ids"], ex["labels"]) if label == -100]
-    assert tokenizer.decode(masked).startswith("Q: ") and "A:" in tokenizer.decode(masked)
-    assert "A:" not in tokenizer.decode([i for i, label in zip(ex["input_ids"], ex["labels"]) if label != -100])
+    pairs = list(zip(ex["input_ids"], ex["labels"], strict=True))
+    masked = tokenizer.decode([i for i, label in pairs if label == -100])
+    assert masked.startswith("Q: ") and "A:" in masked
+    assert "A:" not in tokenizer.decode([i for i, label in pairs if label != -100])

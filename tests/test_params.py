@@ -28,7 +28,11 @@ def test_shipped_params_are_valid():
     ("finetune", "lr", 5, "finetune.lr=5 is above the maximum 1.0"),
     ("finetune", "target_modules", ["q_proj", "qkv"], "finetune.target_modules=['q_proj', 'qkv'] is not allowed"),
     ("finetune", "template", "Q: {prompt}", "finetune.template='Q: {prompt}' lacks a placeholder"),
-    ("optimize", "device", "tpu", "optimize.device='tpu' is not allowed; allowed: cpu, cuda"),
+    ("optimize", "provider", "tpu", "optimize.provider='tpu' is not allowed; allowed: cpu, cuda"),
+    ("reference", "algorithms", ["rtn", "int3"], "reference.algorithms=['rtn', 'int3'] is not allowed; allowed: awq, rtn, gptq"),
+    ("benchmark", "context_lengths", [128, "512"], "benchmark.context_lengths=[128, '512'] holds '512'; expected int values"),
+    ("benchmark", "context_lengths", [0], "benchmark.context_lengths=[0] is below the minimum 1"),
+    ("finetune", "target_modules", [], "finetune.target_modules=[] is empty"),
     ("benchmark", "torch_baseline", 1, "benchmark.torch_baseline=1 has type int; expected bool"),
 ])
 def test_bad_values_name_key_value_and_allowed(section, key, value, message):

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, write_params
 
-STAGES = ["model", "data@travel", "data@cooking", "quantize", "reference", "finetune@travel", "finetune@cooking", "optimize",
-          "adapter@travel", "adapter@cooking", "evaluate", "benchmark", "register"]
+STAGES = ["model", "data@travel", "data@cooking", "quantize", "reference", "finetune@travel", "finetune@cooking",
+          "optimize", "adapter@travel", "adapter@cooking", "evaluate", "benchmark", "register"]
 SHARED = ["evaluate", "benchmark", "register"]  # stages that cover every adapter
 TINY_PARAMS = {
     "quantize": {"calibration_samples": 16, "calibration_seq_len": 64, "awq_grid": 5},
@@ -36,15 +35,7 @@ def ran(output):
 
 
 def set_params(repo, **changes):
-    path = repo / "params.yaml"
-    p = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        node = p
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    write_params(repo / "params.yaml", changes, source=repo / "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +45,8 @@ def repo(tmp_path_factory, tiny_dir):
         src, dst = ROOT / item, repo / item
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["model"]["source"] = str(tiny_dir)
-    for section, values in TINY_PARAMS.items():
-        p[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    tiny = {f"{section}.{key}": v for section, values in TINY_PARAMS.items() for key, v in values.items()}
+    set_params(repo, **tiny, **{"model.source": str(tiny_dir)})
     env = {**os.environ, "PYTHONPATH": str(repo), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     sh("git init -q && dvc init -q && dvc config core.autostage true", repo, env)

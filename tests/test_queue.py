@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from test_pipeline import TINY_PARAMS, set_params
 from test_pipeline import sh as pipeline_sh
 
