@@ -105,7 +105,9 @@ def adapter_switching(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
     set_us, decode = [], []
     for i in range(b["switches"] + 1):
         name = names[i % len(names)]
-        generator = og.Generator(model, og.GeneratorParams(model))  # what a request costs to point at its adapter
+        params = og.GeneratorParams(model)  # sized like the answer below: og's default is the whole context
+        params.set_search_options(max_length=max(len(ids) + 8, floor))
+        generator = og.Generator(model, params)  # what a request costs to point at its adapter
         t0 = time.perf_counter()
         generator.set_active_adapter(loaded, name)
         set_s = time.perf_counter() - t0

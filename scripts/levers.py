@@ -27,6 +27,8 @@ def variants(params: dict) -> dict:
         "accuracy_level_0": ({"int4_accuracy_level": 0}, {}),
         "head_block_128": ({"int4_block_size": 128}, {}),
         "no_spinning": ({}, {"session.intra_op.allow_spinning": "0"}),
+        # intra_op_num_threads unset: onnxruntime-genai's own default, logical CPUs / 2 (what shipped before #17)
+        "genai_default_threads": ({}, {"intra_op_num_threads": None}),
         "full_prefill_logits": ({"prune_lm_head": not o["prune_lm_head"]}, {}),
         "lora_on_all_projections": ({"lora_targets": sorted(set(o["lora_targets"]) | {"o_proj", "gate_proj",
                                                                                     "up_proj", "down_proj"})}, {}),
@@ -55,7 +57,10 @@ def main(params_path, quantized, lora, name, rounds, out):
             adapter = export_adapter(Path(lora) / name, onnx, onnx / "adapters" / f"{name}.onnx_adapter")
             if session:
                 cfg = json.loads((onnx / "genai_config.json").read_text())
-                cfg["model"]["decoder"]["session_options"].update(session)
+                options = cfg["model"]["decoder"]["session_options"]
+                options.update(session)
+                for key in [k for k, v in options.items() if v is None]:
+                    del options[key]
                 (onnx / "genai_config.json").write_text(json.dumps(cfg, indent=4))
             built[variant] = onnx
             r = in_child(context_decode, onnx_dir=str(onnx), adapter=None, adapter_name=name, b=b, context=longest)

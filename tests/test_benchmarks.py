@@ -142,7 +142,7 @@ def test_levers_script_measures_every_variant(quantized_dir, trained, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "levers.json").read_text())
     assert set(result["variants"]) == {"shipped", "accuracy_level_0", "head_block_128", "no_spinning",
-                                       "full_prefill_logits", "lora_on_all_projections"}
+                                       "genai_default_threads", "full_prefill_logits", "lora_on_all_projections"}
     for row in result["variants"].values():
         assert row["base_decode_tok_s"] > 0 and row["travel_decode_tok_s"] > 0 and row["context_32_peak_rss_mb"] > 0
     # the head block changes what a token reads (on this 64-wide model a 128 block pads); graph variants do not
