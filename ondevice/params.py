@@ -143,8 +143,8 @@ def _message(where: str, error: dict, model: type[Section]) -> str:
         return f"{where} is above the maximum {ctx['le']}"
     if kind == "too_short":
         return f"{where} is empty"
-    expected = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str", "list_type": "list",
-                "dict_type": "dict"}.get(kind)
+    expected = {"int_type": "int", "float_type": "float", "bool_type": "bool", "string_type": "str",
+                "list_type": "list", "dict_type": "dict"}.get(kind)
     if expected and len(error["loc"]) > 1:  # a list item
         return f"{where} holds {value!r}; expected {expected} values"
     if expected:
@@ -161,7 +161,8 @@ def _section(name: str, model: type[Section], given: dict, where_key: str | None
         key = error["loc"][0]
         prefix = where_key or name
         if error["type"] == "extra_forbidden":
-            raise UserError(f"params.yaml: unknown key {prefix}.{key}; known: {', '.join(model.model_fields)}") from None
+            known = ", ".join(model.model_fields)
+            raise UserError(f"params.yaml: unknown key {prefix}.{key}; known: {known}") from None
         if error["type"] == "missing":
             raise UserError(f"params.yaml: missing key {prefix}.{key}") from None
         raise UserError(_message(f"params.yaml: {prefix}.{key}={given[key]!r}", error, model)) from None

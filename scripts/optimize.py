@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from ondevice import params as P
-from ondevice.atomic import UserError, atomic_dir, folder_bytes, require_free_space, write_json
+from ondevice.atomic import atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
 from ondevice.export import optimize
 

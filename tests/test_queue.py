@@ -42,8 +42,9 @@ def exp_rows(repo) -> dict:
     for exp in (e for baseline in shown for e in baseline.get("experiments") or []):
         for rev in exp["revs"]:
             data = rev["data"]
-            rows[rev["name"]] = {"params": data["params"]["params.yaml"]["data"],
-                                 "metrics": {k: v["data"] for k, v in (data.get("metrics") or {}).items()}}
+            # a declared file the copy lacks (metrics/repro.json) comes back as an error entry
+            metrics = {k: v["data"] for k, v in (data.get("metrics") or {}).items() if "data" in v}
+            rows[rev["name"]] = {"params": data["params"]["params.yaml"]["data"], "metrics": metrics}
     return rows
 
 
