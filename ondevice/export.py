@@ -117,6 +117,12 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
     # logical CPUs / 2 (one thread on a 2-vCPU box: 206 tok/s there against 276 with two); 0 hands
     # the choice to onnxruntime on the machine that runs it: one thread per physical core.
     session["intra_op_num_threads"] = o["intra_op_threads"]
+    if o["cuda_graph"]:  # decode launches one captured graph per token instead of one kernel per node
+        providers = session.setdefault("provider_options", [])
+        cuda = next((p["cuda"] for p in providers if "cuda" in p), None)
+        if cuda is None:
+            providers.append({"cuda": (cuda := {})})
+        cuda["enable_cuda_graph"] = "1"
     config_path.write_text(json.dumps(genai, indent=4))
     return time.perf_counter() - t0
 

@@ -80,6 +80,7 @@ class Optimize(Section):
     int4_accuracy_level: Literal[0, 1, 2, 3, 4]
     prune_lm_head: bool
     intra_op_threads: Annotated[int, span(0, 256)]
+    cuda_graph: bool
     lora_targets: Annotated[list[LoraTarget], Field(min_length=1)]
 
 
@@ -186,6 +187,9 @@ def validate(params: dict) -> dict:
         if value is not None and not isinstance(value, str):
             raise UserError(f"params.yaml: register.azure.{key}={value!r} must be a string or empty")
     _check_template("finetune.template", params["finetune"]["template"])
+    if params["optimize"]["cuda_graph"] and params["optimize"]["provider"] != "cuda":
+        raise UserError("params.yaml: optimize.cuda_graph=true needs optimize.provider=cuda "
+                        "(CUDA graphs are a CUDA execution provider feature); set it false for a CPU build")
     _check_adapters(params)
     return params
 

@@ -47,8 +47,12 @@ def kv_capacity_floor(model_dir: Path) -> int:
     """
     import json
 
-    decoder = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["decoder"]
-    return int((decoder.get("sliding_window") or {}).get("window_size") or 0)
+    model = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
+    window = int((model["decoder"].get("sliding_window") or {}).get("window_size") or 0)
+    # Phi-3.5-mini's window (262,144) is past its context (131,072): no window at all, and a floor
+    # that large would both exceed max_length's limit and allocate a 51 GB KV cache.
+    context = int(model.get("context_length") or 0)
+    return window if not context or window < context else 0
 
 
 def generate(model, adapters, adapter_name: str | None, prompt_ids, max_new_tokens: int,

@@ -23,7 +23,7 @@ QUANT = dict(algorithm="awq", bits=4, group_size=32, symmetric=False, calibratio
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
             seq_len=96, seed=0, template="chat", device="cpu")
 OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0,
-           prune_lm_head=True, intra_op_threads=0, lora_targets=["q_proj", "v_proj"])
+           prune_lm_head=True, intra_op_threads=0, cuda_graph=False, lora_targets=["q_proj", "v_proj"])
 
 
 DELETE = object()  # a change that removes the key

@@ -61,6 +61,7 @@ CASES = {
     "unknown-algorithm": lambda t: params_error(**{"quantize.algorithm": "awq2"}),
     "unknown-device": lambda t: params_error(**{"finetune.device": "mps"}),
     "unknown-provider": lambda t: params_error(**{"optimize.provider": "dml"}),
+    "cuda-graph-on-cpu": lambda t: params_error(**{"optimize.cuda_graph": True}),
     "bad-bits": lambda t: params_error(**{"quantize.bits": 3}),
     "bad-lora-target": lambda t: params_error(**{"finetune.target_modules": ["attn"]}),
     "template-placeholder": lambda t: params_error(**{"finetune.template": "Q: {prompt} A:"}),

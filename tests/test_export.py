@@ -30,6 +30,19 @@ def test_shipped_config_lets_onnxruntime_size_the_thread_pool(onnx_dir):
     assert session["intra_op_num_threads"] == 0
 
 
+def test_cuda_build_asks_for_cuda_graphs_and_fp16_lora_inputs(quantized_dir, tmp_path):
+    """The CUDA graph is built on the CPU as well: fp16 LoRA inputs, and optimize.cuda_graph in genai_config."""
+    from conftest import OPT
+    from ondevice.export import optimize
+
+    out = tmp_path / "cuda"
+    optimize(quantized_dir, out, {**OPT, "provider": "cuda", "cuda_graph": True}, tmp_path / "work")
+    session = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert [p["cuda"]["enable_cuda_graph"] for p in session["provider_options"] if "cuda" in p] == ["1"]
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert onnx_lora.lora_dtype(graph) == np.float16
+
+
 def test_runtime_tokenizer_matches_training_tokenizer(onnx_dir, tokenizer):
     model = og.Model(str(onnx_dir))
     ids = list(og.Tokenizer(model).encode(PROMPT))
@@ -147,3 +160,16 @@ def test_chat_serves_an_adapter_in_its_training_template(onnx_dir, tokenizer, tm
     served = list(og.Tokenizer(og.Model(str(onnx_dir))).encode(text))
     assert trained["input_ids"][: len(served)] == served
     assert trained["labels"][len(served) - 1] == -100 and trained["labels"][len(served)] != -100
+
+
+@pytest.mark.parametrize("window,context,floor", [(4096, 131072, 4096), (262144, 131072, 0), (None, 2048, 0),
+                                                  (512, None, 512)])
+def test_kv_floor_is_the_sliding_window_only_when_it_is_inside_the_context(tmp_path, window, context, floor):
+    """Phi-3.5-mini's 262,144-token window exceeds its 131,072 context: a floor that large failed on the H100
+    (max_length above context_length), and at the context it asked for a 51 GB KV cache."""
+    from ondevice.runtime import kv_capacity_floor
+
+    decoder = {"sliding_window": {"window_size": window}} if window else {}
+    model = {"decoder": decoder, **({"context_length": context} if context else {})}
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": model}))
+    assert kv_capacity_floor(tmp_path) == floor
