@@ -35,10 +35,11 @@ def torch_loss(model, examples: list[dict]) -> dict:
     return _mean_loss(total, count)
 
 
-def scoring_graph(onnx_dir: Path) -> bytes | str:
+def scoring_graph(onnx_dir: Path, accuracy_level: int | None = None) -> bytes | str:
     """The shipped graph, or, if its head is pruned to the last position (prefill computes one row
     of logits, which is what generation needs), the same graph and weights with every position's
-    logits: loss needs them all. Only the two pruning nodes go; the weights stay where they are."""
+    logits: loss needs them all. Only the two pruning nodes go; the weights stay where they are.
+    accuracy_level: set every MatMulNBits node's compute precision (0 = fp32), same int4 weights."""
     import onnx
 
     path = onnx_dir / "model.onnx"
@@ -46,8 +47,13 @@ def scoring_graph(onnx_dir: Path) -> bytes | str:
     prune = {n.output[0]: n for n in model.graph.node if n.name.startswith("/lm_head/prune/")}
     windowed = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"
                 and any(a.name == "local_window_size" and a.i > 0 for a in n.attribute)]
-    if not prune and not windowed:
+    if not prune and not windowed and accuracy_level is None:
         return str(path)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and accuracy_level is not None:
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [onnx.helper.make_attribute("accuracy_level", accuracy_level)])
     # Scoring feeds the whole sequence with an empty past, which onnxruntime's sliding-window
     # attention refuses (it wants a cache of window size); within the window, sliding and full
     # attention are the same, and OnnxScorer keeps every sequence within it.
@@ -71,7 +77,7 @@ def scoring_graph(onnx_dir: Path) -> bytes | str:
 class OnnxScorer:
     """Full-sequence scoring with the shipped decoder, with or without adapter tensors."""
 
-    def __init__(self, onnx_dir: Path, threads: int = 0):
+    def __init__(self, onnx_dir: Path, threads: int = 0, accuracy_level: int | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -87,7 +93,7 @@ class OnnxScorer:
             require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
             # the CUDA EP, checked above; onnxruntime itself keeps a few shape nodes of the graph on the CPU
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(scoring_graph(Path(onnx_dir)), opts, providers=providers)
+        self.session = ort.InferenceSession(scoring_graph(Path(onnx_dir), accuracy_level), opts, providers=providers)
         decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
         self.window = (decoder.get("sliding_window") or {}).get("window_size") or 0
         self.past = {}
@@ -96,22 +102,57 @@ class OnnxScorer:
                 shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
                 self.past[i.name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
 
+    def log_probs(self, ex: dict, adapter: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Next-token log-probabilities at the response positions, and the response tokens."""
+        if self.window and len(ex["input_ids"]) > self.window:
+            raise ValueError(f"a {len(ex['input_ids'])}-token example is longer than the model's "
+                             f"{self.window}-token sliding window; score with a shorter seq_len")
+        ids = np.array([ex["input_ids"]], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self.past, **(adapter or {})}
+        logits = self.session.run(["logits"], feed)[0][0, :-1].astype(np.float64)
+        target = np.array(ex["labels"][1:])
+        logits = logits[target != IGNORE]
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) + logits.max(-1, keepdims=True)
+        return logits - logz, target[target != IGNORE]
+
     def loss(self, examples: list[dict], adapter: dict | None = None) -> dict:
         total, count = 0.0, 0
         for ex in examples:
-            if self.window and len(ex["input_ids"]) > self.window:
-                raise ValueError(f"a {len(ex['input_ids'])}-token example is longer than the model's "
-                                 f"{self.window}-token sliding window; score with a shorter seq_len")
-            ids = np.array([ex["input_ids"]], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self.past, **(adapter or {})}
-            logits = self.session.run(["logits"], feed)[0][0, :-1].astype(np.float64)
-            target = np.array(ex["labels"][1:])
-            keep = target != IGNORE
-            logits, target = logits[keep], target[keep]
-            logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-            total += float((logz - logits[np.arange(len(target)), target]).sum())
-            count += int(keep.sum())
+            logp, target = self.log_probs(ex, adapter)
+            total -= float(logp[np.arange(len(target)), target].sum())
+            count += len(target)
         return _mean_loss(total, count)
+
+
+def shipped_accuracy_level(onnx_dir: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
+    levels = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+    return max(levels, default=0)
+
+
+def kernel_guard(shipped: OnnxScorer, exact: OnnxScorer, examples: dict, adapters: dict, level: int,
+                 min_agreement: float) -> dict:
+    """The fast int4 kernel (accuracy_level > 0 computes in int8) against the same int4 weights in
+    fp32 (level 0), on each eval split with its own adapter, as users run it: how often the next
+    token each one would pick greedily agrees (teacher-forced, every response position), and the
+    mean KL divergence of the shipped distribution from the fp32 one (nats per token)."""
+    out = {"accuracy_level": level, "reference_level": 0, "min_top1_agreement": min_agreement}
+    for split, ex in examples.items():
+        agree, kl, count = 0, 0.0, 0
+        for e in ex:
+            fast, _ = shipped.log_probs(e, adapters[split])
+            ref, _ = exact.log_probs(e, adapters[split])
+            agree += int((fast.argmax(-1) == ref.argmax(-1)).sum())
+            kl += float((np.exp(ref) * (ref - fast)).sum())
+            count += len(ref)
+        out[f"on_{split}"] = {"top1_agreement": round(agree / max(count, 1), 5),
+                              "mean_kl": round(kl / max(count, 1), 6), "tokens": count}
+    out["top1_agreement_min"] = min(out[f"on_{s}"]["top1_agreement"] for s in examples)
+    out["mean_kl_max"] = max(out[f"on_{s}"]["mean_kl"] for s in examples)
+    out["passed"] = out["top1_agreement_min"] >= min_agreement
+    return out
 
 
 def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, prompts: list[str], template: str,
@@ -181,4 +222,7 @@ def headline(result: dict, names: list[str]) -> dict:
         out[f"{split}/int4_ppl"] = scores["quantized_base"]["perplexity"]
         out[f"{split}/int4_adapter_ppl"] = scores[f"adapter_{split}"]["perplexity"]
         out[f"{split}/int4_adapter_loss"] = scores[f"adapter_{split}"]["loss"]
+    if "kernel_guard" in result:
+        out["guard/top1_agreement_min"] = result["kernel_guard"]["top1_agreement_min"]
+        out["guard/mean_kl_max"] = result["kernel_guard"]["mean_kl_max"]
     return out

@@ -89,6 +89,7 @@ class Evaluate(Section):
     generate_rows: Annotated[int, span(0)]
     max_new_tokens: Annotated[int, span(1, 4096)]
     device: Device
+    min_top1_agreement: Annotated[float, span(0.0, 1.0)]
 
 
 class Benchmark(Section):

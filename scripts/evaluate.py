@@ -11,7 +11,8 @@ from ondevice import threads
 from ondevice.atomic import UserError, write_json, write_text
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
-from ondevice.evaluate import OnnxScorer, encode_rows, generate, headline, score_matrix
+from ondevice.evaluate import (OnnxScorer, encode_rows, generate, headline, kernel_guard, score_matrix,
+                               shipped_accuracy_level)
 from ondevice.live import log_summary
 from ondevice.onnx_lora import read_adapter
 from ondevice.quantize import load_dequantized, pick_device
@@ -49,9 +50,14 @@ def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepa
         if folder.name != qc.get("algorithm"):  # quantizations, scored beside ours
             models[f"{folder.name}_reference_torch"] = lambda folder=folder: load_dequantized(folder).to(device)
     scorer = OnnxScorer(Path(onnx_dir), threads.count())  # a queued sweep's share of the cores, else all
+    arrays = {n: read_adapter(p) for n, p in paths.items()}
     result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
                                "group_size": qc["group_size"]},
-              **score_matrix(models, scorer, examples, {n: read_adapter(p) for n, p in paths.items()})}
+              **score_matrix(models, scorer, examples, arrays)}
+    level = shipped_accuracy_level(Path(onnx_dir))
+    if level:  # the shipped kernel computes in reduced precision: check it against fp32 on the same weights
+        exact = OnnxScorer(Path(onnx_dir), threads.count(), accuracy_level=0)
+        result["kernel_guard"] = kernel_guard(scorer, exact, examples, arrays, level, e["min_top1_agreement"])
     write_json(metrics, result)
     log_summary(live_dir, headline(result, names))
 
@@ -71,6 +77,10 @@ def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepa
         others = ", ".join(f"{n} {s[f'adapter_{n}']['loss']}" for n in names)
         click.echo(f"{split} eval loss: float {s['float_base']['loss']}, int4 {s['quantized_base']['loss']}, "
                    f"int4 + adapter {others}; best: {s['best']}")
+    if "kernel_guard" in result:
+        g = result["kernel_guard"]
+        click.echo(f"accuracy_level {g['accuracy_level']} vs fp32: top-1 agreement >= {g['top1_agreement_min']}, "
+                   f"mean KL <= {g['mean_kl_max']} ({'passed' if g['passed'] else 'BELOW'} {g['min_top1_agreement']})")
 
 
 if __name__ == "__main__":

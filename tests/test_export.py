@@ -173,3 +173,19 @@ def test_kv_floor_is_the_sliding_window_only_when_it_is_inside_the_context(tmp_p
     model = {"decoder": decoder, **({"context_length": context} if context else {})}
     (tmp_path / "genai_config.json").write_text(json.dumps({"model": model}))
     assert kv_capacity_floor(tmp_path) == floor
+
+
+def test_kernel_guard_compares_the_int8_kernel_with_fp32_on_the_same_weights(onnx_dir, tokenizer, rows):
+    """#18: evaluate checks the shipped accuracy level against fp32 compute of the same int4 weights."""
+    from ondevice.evaluate import kernel_guard, shipped_accuracy_level
+
+    examples = {"travel": [encode_example(tokenizer, "chat", r, 96) for r in rows[:4]]}
+    adapters = {"travel": onnx_lora.read_adapter(onnx_dir / "adapters" / "travel.onnx_adapter")}
+    assert shipped_accuracy_level(onnx_dir) == 0  # the fixture's build
+    fp32, int8 = OnnxScorer(onnx_dir, accuracy_level=0), OnnxScorer(onnx_dir, accuracy_level=4)
+    same = kernel_guard(fp32, fp32, examples, adapters, 0, 0.98)
+    assert same["top1_agreement_min"] == 1.0 and same["mean_kl_max"] == pytest.approx(0, abs=1e-9) and same["passed"]
+    fast = kernel_guard(int8, fp32, examples, adapters, 4, 1.0)
+    assert 0 < fast["mean_kl_max"] < 0.05, fast  # int8 activations move the distribution, a little
+    assert 0.8 <= fast["top1_agreement_min"] <= 1.0 and fast["passed"] == (fast["top1_agreement_min"] == 1.0)
+    assert fast["on_travel"]["tokens"] == sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples["travel"])
