@@ -140,15 +140,18 @@ def kernel_guard(shipped: OnnxScorer, exact: OnnxScorer, examples: dict, adapter
     mean KL divergence of the shipped distribution from the fp32 one (nats per token)."""
     out = {"accuracy_level": level, "reference_level": 0, "min_top1_agreement": min_agreement}
     for split, ex in examples.items():
-        agree, kl, count = 0, 0.0, 0
+        agree, kl, nll_fast, nll_ref, count = 0, 0.0, 0.0, 0.0, 0
         for e in ex:
-            fast, _ = shipped.log_probs(e, adapters[split])
+            fast, target = shipped.log_probs(e, adapters[split])
             ref, _ = exact.log_probs(e, adapters[split])
             agree += int((fast.argmax(-1) == ref.argmax(-1)).sum())
             kl += float((np.exp(ref) * (ref - fast)).sum())
+            rows = np.arange(len(target))
+            nll_fast, nll_ref = nll_fast - fast[rows, target].sum(), nll_ref - ref[rows, target].sum()
             count += len(ref)
         out[f"on_{split}"] = {"top1_agreement": round(agree / max(count, 1), 5),
-                              "mean_kl": round(kl / max(count, 1), 6), "tokens": count}
+                              "mean_kl": round(kl / max(count, 1), 6), "tokens": count,
+                              "loss_minus_fp32_loss": round(float(nll_fast - nll_ref) / max(count, 1), 5)}
     out["top1_agreement_min"] = min(out[f"on_{s}"]["top1_agreement"] for s in examples)
     out["mean_kl_max"] = max(out[f"on_{s}"]["mean_kl"] for s in examples)
     out["passed"] = out["top1_agreement_min"] >= min_agreement

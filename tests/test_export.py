@@ -189,3 +189,4 @@ def test_kernel_guard_compares_the_int8_kernel_with_fp32_on_the_same_weights(onn
     assert 0 < fast["mean_kl_max"] < 0.05, fast  # int8 activations move the distribution, a little
     assert 0.8 <= fast["top1_agreement_min"] <= 1.0 and fast["passed"] == (fast["top1_agreement_min"] == 1.0)
     assert fast["on_travel"]["tokens"] == sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples["travel"])
+    assert abs(fast["on_travel"]["loss_minus_fp32_loss"]) < 0.05 and same["on_travel"]["loss_minus_fp32_loss"] == 0
