@@ -14,14 +14,23 @@ import sys
 from pathlib import Path
 
 
-def peak_rss_mb(key: str = "VmHWM") -> float:
-    """VmHWM (peak) or VmRSS (now) of this process. Not getrusage's ru_maxrss: Linux carries that
-    across exec, so a child would report its parent's peak."""
+def _status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(f"{key}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    across exec, so a child would report its parent's peak."""
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS)."""
+    return _status_mb("VmRSS")
 
 
 def in_child(fn, **kwargs) -> dict:

@@ -11,8 +11,8 @@ import statistics
 import time
 from pathlib import Path
 
-from ondevice.child import peak_rss_mb
-from ondevice.runtime import generate, kv_capacity_floor, open_model, timed
+from ondevice.child import rss_mb
+from ondevice.runtime import decode, generate, kv_capacity_floor, new_generator, open_model, timed
 
 PROMPT = ("I am planning a two week trip through Portugal and Spain by train in late spring. "
           "I like old towns, seafood, long walks and small museums, and I want to keep the budget "
@@ -94,32 +94,30 @@ def adapter_switching(onnx_dir: str, adapters: dict[str, str], b: dict) -> dict:
     import onnxruntime_genai as og
 
     model, tok, _ = open_model(onnx_dir, None, b["threads"])
-    rss_base = peak_rss_mb("VmRSS")
+    rss_base = rss_mb()
     loaded, load_ms = og.Adapters(model), {}
     for name, path in adapters.items():
         t0 = time.perf_counter()
         loaded.load(path, name)
         load_ms[name] = round((time.perf_counter() - t0) * 1000, 3)
-    rss_loaded = peak_rss_mb("VmRSS")
+    rss_loaded = rss_mb()
     ids, names, floor = prompt_ids(tok.encode, min(b["prompt_tokens"], 16)), list(adapters), kv_capacity_floor(onnx_dir)
-    set_us, decode = [], []
+    set_us, speeds = [], []
     for i in range(b["switches"] + 1):
         name = names[i % len(names)]
-        params = og.GeneratorParams(model)  # sized like the answer below: og's default is the whole context
-        params.set_search_options(max_length=max(len(ids) + 8, floor))
-        generator = og.Generator(model, params)  # what a request costs to point at its adapter
+        generator = new_generator(model, None, None, len(ids) + 8, floor, exact=True)  # a request
         t0 = time.perf_counter()
-        generator.set_active_adapter(loaded, name)
+        generator.set_active_adapter(loaded, name)  # what it costs to point the request at its adapter
         set_s = time.perf_counter() - t0
-        answer = timed_answer(model, loaded, name, ids, 8, floor)  # a short answer with it
+        answer = timed(decode(generator, ids, 8), len(ids))  # then its short answer, on the same generator
         if i:  # the first request warms up
             set_us.append(set_s * 1e6)
-            decode.append(answer["decode_tok_s"])
+            speeds.append(answer["decode_tok_s"])
     return {"adapters_loaded": len(names), "adapter_load_ms": load_ms,
             "rss_before_adapters_mb": rss_base, "rss_all_adapters_mb": rss_loaded,
             "set_active_adapter_us_median": round(statistics.median(set_us), 2),
             "set_active_adapter_us_max": round(max(set_us), 2),
-            "switching_decode_tok_s": round(statistics.median(decode), 2)}
+            "switching_decode_tok_s": round(statistics.median(speeds), 2)}
 
 
 def _open_llama_cpp(gguf: str, b: dict):

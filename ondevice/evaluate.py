@@ -112,7 +112,8 @@ class OnnxScorer:
         logits = self.session.run(["logits"], feed)[0][0, :-1].astype(np.float64)
         target = np.array(ex["labels"][1:])
         logits = logits[target != IGNORE]
-        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) + logits.max(-1, keepdims=True)
+        top = logits.max(-1, keepdims=True)
+        logz = np.log(np.exp(logits - top).sum(-1, keepdims=True)) + top
         return logits - logz, target[target != IGNORE]
 
     def loss(self, examples: list[dict], adapter: dict | None = None) -> dict:

@@ -57,11 +57,9 @@ def response_loss(model, batch: dict) -> torch.Tensor:
 
 def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -> tuple[object, list[dict], dict]:
     """Train LoRA; return (peft model, per-step log, summary metrics)."""
-    set_seed(p["seed"])
     device = pick_device(p["device"])
-    base = load_dequantized(quantized_dir)
-    if device == "cuda":
-        base = base.to(device=device, dtype=torch.bfloat16)
+    base = load_dequantized(quantized_dir, torch.bfloat16 if device == "cuda" else torch.float32, device)
+    set_seed(p["seed"])  # after the base: the LoRA's initial weights must not depend on how the base was built
     model = lora_model(base, p)
     model.train()
     examples = [encode_example(tokenizer, p["template"], r, p["seq_len"]) for r in train_rows]

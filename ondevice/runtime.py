@@ -55,26 +55,37 @@ def kv_capacity_floor(model_dir: Path) -> int:
     return window if not context or window < context else 0
 
 
-def generate(model, adapters, adapter_name: str | None, prompt_ids, max_new_tokens: int,
-             capacity_floor: int = 0, exact: bool = False) -> Iterator[int]:
-    """The one greedy decode loop: yields each new token id (exact: exactly max_new_tokens, no stop
-    at end of sequence, as the benchmark needs). The prompt is prefilled before the first yield.
-    capacity_floor: the model's sliding window (kv_capacity_floor), the least max_length."""
+def new_generator(model, adapters, adapter_name: str | None, total_tokens: int, capacity_floor: int = 0,
+                  exact: bool = False):
+    """One request's generator, its KV cache sized for `total_tokens` (never og's default, the whole
+    context), pointed at `adapter_name` if given (exact: no stop before total_tokens)."""
     import onnxruntime_genai as og
 
-    total = len(prompt_ids) + max_new_tokens
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=max(total, capacity_floor), do_sample=False,
-                              **({"min_length": total} if exact else {}))
+    params.set_search_options(max_length=max(total_tokens, capacity_floor), do_sample=False,
+                              **({"min_length": total_tokens} if exact else {}))
     generator = og.Generator(model, params)
     if adapters is not None and adapter_name:
         generator.set_active_adapter(adapters, adapter_name)
+    return generator
+
+
+def decode(generator, prompt_ids, max_new_tokens: int) -> Iterator[int]:
+    """The one greedy decode loop: prefill the prompt, then yield each new token id."""
     generator.append_tokens(prompt_ids)
     for _ in range(max_new_tokens):
         if generator.is_done():
             break
         generator.generate_next_token()
         yield generator.get_next_tokens()[0]
+
+
+def generate(model, adapters, adapter_name: str | None, prompt_ids, max_new_tokens: int,
+             capacity_floor: int = 0, exact: bool = False) -> Iterator[int]:
+    """A greedy answer as token ids (exact: exactly max_new_tokens, as the benchmark needs).
+    capacity_floor: the model's sliding window (kv_capacity_floor), the least max_length."""
+    generator = new_generator(model, adapters, adapter_name, len(prompt_ids) + max_new_tokens, capacity_floor, exact)
+    yield from decode(generator, prompt_ids, max_new_tokens)
 
 
 def stream_answer(model, tokenizer, adapters, adapter_name: str | None, prompt_ids,

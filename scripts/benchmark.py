@@ -46,29 +46,24 @@ def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir, live_dir
     if "cuda" in model_providers(Path(onnx_dir)):  # a CUDA build is measured on the GPU, or not at all
         require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
         result, plots = benchmark_cuda(Path(onnx_dir), adapters, Path(base), params["benchmark"])
-        for name, rows in plots.items():
-            write_csv(Path(plots_dir) / f"{name}.csv", rows)
-        write_json(metrics, result)
-        log_summary(live_dir, headline(result))
-        for r in plots["engines"]:
-            click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} "
-                       f"tok/s, TTFT {r['ttft_ms']:.1f} ms on {result['device']}")
-        click.echo(f"adapter cost {result['adapter_decode_cost_pct']} %, "
-                   f"GPU memory {result['gpu_memory_model_and_adapters_mb']:.0f} MB")
-        return
-    result, plots = benchmark(Path(onnx_dir), adapters, Path(base), params["benchmark"], gguf)
+    else:
+        result, plots = benchmark(Path(onnx_dir), adapters, Path(base), params["benchmark"], gguf)
     for name, rows in plots.items():
         write_csv(Path(plots_dir) / f"{name}.csv", rows)
     write_json(metrics, result)
     log_summary(live_dir, headline(result))
     for r in plots["engines"]:
-        click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, "
-                   f"prefill {r['prefill_tok_s']:.0f} tok/s, TTFT {r['ttft_ms']:.0f} ms, "
-                   f"peak RSS {r['peak_rss_mb']:.0f} MB")
-    s = result["switching"]
-    click.echo(f"switching: set_active_adapter {s['set_active_adapter_us_median']} us, "
-               f"RSS {s['rss_before_adapters_mb']} -> {s['rss_all_adapters_mb']} MB "
-               f"with {s['adapters_loaded']} adapters")
+        rss = f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+        click.echo(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} tok/s, "
+                   f"TTFT {r['ttft_ms']:.1f} ms{rss}")
+    if "switching" in result:
+        s = result["switching"]
+        click.echo(f"switching: set_active_adapter {s['set_active_adapter_us_median']} us, "
+                   f"RSS {s['rss_before_adapters_mb']} -> {s['rss_all_adapters_mb']} MB "
+                   f"with {s['adapters_loaded']} adapters")
+    else:
+        click.echo(f"adapter cost {result['adapter_decode_cost_pct']} % on {result['device']}, "
+                   f"GPU memory {result['gpu_memory_model_and_adapters_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

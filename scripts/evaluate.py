@@ -11,8 +11,15 @@ from ondevice import threads
 from ondevice.atomic import UserError, write_json, write_text
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
-from ondevice.evaluate import (OnnxScorer, encode_rows, generate, headline, kernel_guard, score_matrix,
-                               shipped_accuracy_level)
+from ondevice.evaluate import (
+    OnnxScorer,
+    encode_rows,
+    generate,
+    headline,
+    kernel_guard,
+    score_matrix,
+    shipped_accuracy_level,
+)
 from ondevice.live import log_summary
 from ondevice.onnx_lora import read_adapter
 from ondevice.quantize import load_dequantized, pick_device
@@ -45,10 +52,10 @@ def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepa
     qc = json.loads((Path(quantized) / "config.json").read_text())["quantization_config"]
     device = pick_device(e["device"])
     models = {"float_base": lambda: AutoModelForCausalLM.from_pretrained(base).eval().to(device),
-              "quantized_base_torch": lambda: load_dequantized(quantized).to(device)}
+              "quantized_base_torch": lambda: load_dequantized(quantized, device=device)}
     for folder in sorted(p for p in Path(references).glob("*") if p.is_dir()):  # the reference stage's
         if folder.name != qc.get("algorithm"):  # quantizations, scored beside ours
-            models[f"{folder.name}_reference_torch"] = lambda folder=folder: load_dequantized(folder).to(device)
+            models[f"{folder.name}_reference_torch"] = lambda folder=folder: load_dequantized(folder, device=device)
     scorer = OnnxScorer(Path(onnx_dir), threads.count())  # a queued sweep's share of the cores, else all
     arrays = {n: read_adapter(p) for n, p in paths.items()}
     result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],

@@ -176,15 +176,18 @@ def round_head(folder: Path, block_size: int) -> None:
 
 
 @torch.no_grad()
-def load_dequantized(folder: str | Path, dtype=torch.float32):
+def load_dequantized(folder: str | Path, dtype=torch.float32, device: str = "cpu"):
     """The quantized checkpoint as a plain float model whose weights are exactly dequant(q).
 
     peft cannot wrap Olive's QuantLinear, so training uses this view: the frozen base weights are
-    the same numbers the int4 ONNX model multiplies with.
+    the same numbers the int4 ONNX model multiplies with. Unpacked and dequantized on `device`, in
+    a model built there without random initialisation (every weight is then loaded, checked below):
+    for a 3.8 B model on a GPU that is seconds instead of a minute of CPU work.
     """
     from olive.common.quant.utils import WeightQuantizer, unpack_from_uint8
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
@@ -193,7 +196,7 @@ def load_dequantized(folder: str | Path, dtype=torch.float32):
     delattr(config, "quantization_config")
     tensors = {}
     for file in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(file))
+        tensors.update(load_file(file, device=device))
     state = {}
     for name, t in tensors.items():
         if name.endswith(".qweight"):
@@ -209,13 +212,14 @@ def load_dequantized(folder: str | Path, dtype=torch.float32):
             if base + ".qzeros" in tensors:
                 zp = unpack_from_uint8(tensors[base + ".qzeros"], bits, (rows, groups))
             else:
-                zp = torch.full((rows, groups), quantizer.midq, dtype=torch.int32)
+                zp = torch.full((rows, groups), quantizer.midq, dtype=torch.int32, device=device)
             state[base + ".weight"] = quantizer.dequantize(q, scales.float(), zp).to(dtype)
         elif name.endswith((".scales", ".qzeros")):
             continue
         else:
             state[name] = t.to(dtype) if t.is_floating_point() else t
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.device(device), no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
