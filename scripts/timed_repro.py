@@ -59,7 +59,7 @@ def main(metrics, stages_path, dvc_args):
         sys.exit(rc)
     if current:
         stages[current] = round(time.perf_counter() - t_stage, 1)
-    if ran:
+    if ran and "--dry" not in dvc_args:  # a dry run prints the stages without running them
         headline = {"pipeline_s": round(sum(stages.values()), 1), "last_run_s": round(time.perf_counter() - t_start, 1),
                     "machine": here}
         for file, data in ((path, {"machine": here, "stages_s": stages, "last_run_stages": ran}),

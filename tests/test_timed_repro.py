@@ -12,7 +12,7 @@ exit ${FAKE_RC:-0}
 """
 
 
-def run(tmp_path, stages, rc=0):
+def run(tmp_path, stages, rc=0, *dvc_args):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "dvc").write_text(FAKE_DVC)
@@ -20,7 +20,7 @@ def run(tmp_path, stages, rc=0):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STAGES": stages, "FAKE_RC": str(rc),
            "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "scripts/timed_repro.py"), "--metrics", str(tmp_path / "repro.json"),
-           "--stages", str(tmp_path / "stages.json"), "-s", "x"]
+           "--stages", str(tmp_path / "stages.json"), "-s", "x", *dvc_args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
@@ -44,3 +44,9 @@ def test_a_failed_run_leaves_the_record_alone_and_fails(tmp_path):
     before = [f.read_text() for f in files]
     proc = run(tmp_path, "quantize", rc=3)
     assert proc.returncode == 3 and [f.read_text() for f in files] == before
+
+
+def test_a_dry_run_records_nothing(tmp_path):
+    """`make repro ARGS=--dry` lists the stages in no time at all: those are not their seconds."""
+    assert run(tmp_path, "model quantize", 0, "--dry").returncode == 0
+    assert not (tmp_path / "stages.json").exists() and not (tmp_path / "repro.json").exists()
