@@ -9,12 +9,23 @@ import math
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ondevice.quantize import load_dequantized, pick_device
 from ondevice.text import IGNORE, collate, encode_example
+
+
+def cpu_computes_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU has native bf16 arithmetic (AVX512-BF16 or AMX): there autocast to bf16
+    halves a LoRA step (2.3 -> 1.2 s on a 2-core Zen 4); on AVX2 alone it is emulated, and slower."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    flags = set(cpuinfo.split())
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def set_seed(seed: int) -> None:
@@ -59,6 +70,8 @@ def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -
     """Train LoRA; return (peft model, per-step log, summary metrics)."""
     device = pick_device(p["device"])
     base = load_dequantized(quantized_dir, torch.bfloat16 if device == "cuda" else torch.float32, device)
+    # CPU: fp32 weights and optimizer, matmuls autocast to bf16 where the CPU computes bf16 natively
+    cpu_bf16 = device == "cpu" and (cpu_computes_bf16() if p["cpu_bf16"] == "auto" else p["cpu_bf16"])
     set_seed(p["seed"])  # after the base: the LoRA's initial weights must not depend on how the base was built
     model = lora_model(base, p)
     model.train()
@@ -85,7 +98,8 @@ def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -
         batch = {k: v.to(device) for k, v in collate(next(data), pad).items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = response_loss(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+            loss = response_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
@@ -103,6 +117,7 @@ def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -
         "seconds_per_step": round(seconds / p["max_steps"], 3),
         "trainable_parameters": sum(q.numel() for q in trainable),
         "device": device,
+        "cpu_bf16": cpu_bf16,
     }
     if device == "cuda":
         summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -72,6 +72,7 @@ class Finetune(Section):
     seed: Annotated[int, span(0)]
     template: str
     device: Device
+    cpu_bf16: Literal["auto"] | bool
 
 
 class Optimize(Section):

@@ -21,7 +21,7 @@ TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_
 QUANT = dict(algorithm="awq", bits=4, group_size=32, symmetric=False, calibration_samples=32, calibration_seq_len=64,
              awq_grid=10, awq_clip=True, device="cpu")
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
-            seq_len=96, seed=0, template="chat", device="cpu")
+            seq_len=96, seed=0, template="chat", device="cpu", cpu_bf16=False)
 OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0,
            prune_lm_head=True, intra_op_threads=0, cuda_graph=False, lora_targets=["q_proj", "v_proj"])
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import LORA
@@ -51,3 +52,21 @@ def test_custom_template(quantized_dir, tokenizer, rows):
     masked = tokenizer.decode([i for i, label in pairs if label == -100])
     assert masked.startswith("Q: ") and "A:" in masked
     assert "A:" not in tokenizer.decode([i for i, label in pairs if label != -100])
+
+
+def test_cpu_bf16_is_chosen_by_the_cpus_own_flags():
+    from ondevice.finetune import cpu_computes_bf16
+
+    assert cpu_computes_bf16("flags : fpu avx2 avx512f avx512_bf16 amx_tile")
+    assert cpu_computes_bf16("flags : fpu avx2 amx_bf16 amx_tile")
+    assert not cpu_computes_bf16("flags : fpu sse4_2 avx2 fma")  # AVX2 alone would emulate bf16: stay fp32
+    assert not cpu_computes_bf16("flags : avx512f avx512_bf16x")  # whole flags only
+
+
+def test_cpu_bf16_steps_train_in_bf16_and_keep_fp32_weights(quantized_dir, tokenizer, rows, trained):
+    model, history, summary = train(quantized_dir, tokenizer, rows, {**LORA, "cpu_bf16": True})
+    assert summary["cpu_bf16"] is True and trained[2]["cpu_bf16"] is False
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast casts per matmul only
+    fp32 = [h["loss"] for h in trained[1]]
+    bf16 = [h["loss"] for h in history]
+    assert bf16 != fp32 and bf16[0] == pytest.approx(fp32[0], abs=0.05)  # same start, bf16 rounding after
