@@ -79,7 +79,10 @@ def _start_model_stage(tmp_path):
     proc = subprocess.Popen([os.path.abspath(sys.executable), str(ROOT / "scripts" / "model.py"),
                              "--params", str(ROOT / "params.yaml"), "--out", str(out),
                              "--metrics", str(tmp_path / "m.json")], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as in a terminal, even where the test run itself ignores SIGINT (a
+                            # background job of a non-interactive shell does, and its children inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until it is writing into its temp dir
         if list((tmp_path / "models").glob(".base.tmp-*")) if (tmp_path / "models").exists() else []:
@@ -94,15 +97,9 @@ def test_interrupted_stage_leaves_previous_output_and_next_run_recovers(tmp_path
     previous.mkdir(parents=True)
     (previous / "config.json").write_text("{}")
     proc, out = _start_model_stage(tmp_path)
-    # Interrupt it while it writes; a library that swallows one KeyboardInterrupt (a CI run once ended
-    # with exit 0) gets another, as a user would press Ctrl-C again.
-    deadline = time.time() + 60
-    while proc.poll() is None and time.time() < deadline:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            pass
+    time.sleep(1)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
     assert proc.returncode != 0
     assert (out / "config.json").read_text() == "{}"  # the previous output, untouched
     leftovers = list((tmp_path / "models").glob(".base.tmp-*"))
