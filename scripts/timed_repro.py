@@ -7,7 +7,6 @@ Times from another CPU are dropped, not mixed in.
 """
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -17,18 +16,18 @@ from pathlib import Path
 
 import click
 
+from ondevice.benchmark_cuda import gpu_name
+from ondevice.model_card import cpu_model
+
 RUNNING = re.compile(r"^Running stage '([^']+)'")
 
 
 def machine() -> str:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", flags, re.M)
     isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
-    cpu = f"{model.group(1).strip() if model else platform.processor()}, {os.cpu_count()} CPUs, {isa}"
-    gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                          text=True).stdout.split("\n") if shutil.which("nvidia-smi") else []
-    gpus = [g.strip() for g in gpus if g.strip()]  # the GPU path's stage times depend on the card first
-    return f"{gpus[0]} x{len(gpus)}, {cpu}" if gpus else cpu
+    cpu = f"{cpu_model()}, {os.cpu_count()} CPUs, {isa}"
+    # the GPU path's stage times depend on the card first
+    return f"{gpu_name()}, {cpu}" if shutil.which("nvidia-smi") else cpu
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
