@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV))/bin
 PY     := $(BIN)/python
 ARGS   ?=
 
-.PHONY: help setup repro repro-full repro-gpu test test-all chat bench bench-llama levers register lint \
+.PHONY: help setup repro repro-full repro-gpu test test-all chat bench bench-llama adapter-cost levers register lint \
         docker-base docker-build docker-run docker-shell docker-test clean
 
 help:  ## list the targets
@@ -37,6 +37,9 @@ chat:  ## ask the shipped model: make chat PROMPT="..." [ADAPTER=travel|cooking|
 bench:  ## rerun only the benchmark stage
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s benchmark
 
+adapter-cost:  ## where an adapter's decode time goes (onnxruntime profile, host vs GPU feeds) -> reports/adapter_cost.json
+	$(PY) scripts/adapter_cost.py $(ARGS)
+
 levers:  ## measure the CPU-speed levers (accuracy level, head block, spinning, LoRA placement) -> reports/levers.json
 	$(PY) scripts/levers.py $(ARGS)
 
@@ -50,7 +53,7 @@ bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside
 # exact shape; give real weights with ARGS="-S model.source=microsoft/Phi-3.5-mini-instruct".
 GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S finetune.device=cuda \
   -S finetune.batch_size=4 -S finetune.seq_len=512 -S finetune.r=64 -S finetune.alpha=128 \
-  -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.provider=cuda -S evaluate.device=cuda -S 'reference.algorithms=[]' \
+  -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.provider=cuda -S evaluate.device=cuda -S evaluate.guard_rows=8 -S 'reference.algorithms=[]' \
   -S benchmark.builder_reference=true -S benchmark.profile=false
 repro-full:  ## the default pipeline plus onnxruntime's per-node decode profile (benchmark.profile), as an experiment
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.profile=true $(ARGS)

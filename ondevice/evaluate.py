@@ -77,7 +77,7 @@ def scoring_graph(onnx_dir: Path, accuracy_level: int | None = None) -> bytes | 
 class OnnxScorer:
     """Full-sequence scoring with the shipped decoder, with or without adapter tensors."""
 
-    def __init__(self, onnx_dir: Path, threads: int = 0, accuracy_level: int | None = None):
+    def __init__(self, onnx_dir: Path, threads: int = 0, accuracy_level: int | None = None, on_cpu: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -88,12 +88,14 @@ class OnnxScorer:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(onnx_dir))
         from ondevice.cuda_check import model_providers, require_cuda_provider
 
+        # a CUDA build is scored on the GPU, never silently on CPU; on_cpu asks for the CPU kernels on purpose
         providers = ["CPUExecutionProvider"]
-        if "cuda" in model_providers(onnx_dir):  # a CUDA build is scored on the GPU, never silently on CPU
+        if "cuda" in model_providers(onnx_dir) and not on_cpu:
             require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
             # the CUDA EP, checked above; onnxruntime itself keeps a few shape nodes of the graph on the CPU
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         self.session = ort.InferenceSession(scoring_graph(Path(onnx_dir), accuracy_level), opts, providers=providers)
+        self.provider = self.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
         decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
         self.window = (decoder.get("sliding_window") or {}).get("window_size") or 0
         self.past = {}
@@ -135,11 +137,13 @@ def shipped_accuracy_level(onnx_dir: Path) -> int:
 
 def kernel_guard(shipped: OnnxScorer, exact: OnnxScorer, examples: dict, adapters: dict, level: int,
                  min_agreement: float) -> dict:
-    """The fast int4 kernel (accuracy_level > 0 computes in int8) against the same int4 weights in
-    fp32 (level 0), on each eval split with its own adapter, as users run it: how often the next
-    token each one would pick greedily agrees (teacher-forced, every response position), and the
-    mean KL divergence of the shipped distribution from the fp32 one (nats per token)."""
-    out = {"accuracy_level": level, "reference_level": 0, "min_top1_agreement": min_agreement}
+    """The shipped int4 kernel (on CPU, accuracy_level > 0 computes in int8; on CUDA, fp16) against the
+    same int4 weights in fp32 on onnxruntime's CPU kernels (level 0), on each eval split with its own
+    adapter, as users run it: how often the next token each one would pick greedily agrees
+    (teacher-forced: every response position, the same prefix for both, so one flip does not derail
+    the rest), and the mean KL divergence of the shipped distribution from the fp32 one (nats/token)."""
+    out = {"accuracy_level": level, "provider": shipped.provider, "reference_level": 0,
+           "reference_provider": exact.provider, "min_top1_agreement": min_agreement}
     for split, ex in examples.items():
         agree, kl, nll_fast, nll_ref, count = 0, 0.0, 0.0, 0.0, 0
         for e in ex:
@@ -216,9 +220,26 @@ def score_matrix(torch_models: dict, scorer: OnnxScorer, examples: dict, adapter
     return result
 
 
+def float_lora_gap(result: dict, load_float_lora, examples: dict) -> None:
+    """What int4 costs after finetuning, per split: the shipped int4 model + that split's adapter
+    against the float base + a LoRA trained on it with the same data, steps and seed
+    (`load_float_lora(split)`), as a perplexity gap in % (positive: int4 is worse)."""
+    import gc
+
+    for split, ex in examples.items():
+        model = load_float_lora(split)
+        scores = result[f"on_{split}"]
+        scores["float_lora"] = torch_loss(model, ex)
+        del model
+        gc.collect()
+        ratio = scores[f"adapter_{split}"]["perplexity"] / scores["float_lora"]["perplexity"]
+        scores["int4_lora_gap_pct"] = round(100 * (ratio - 1), 3)
+
+
 def headline(result: dict, names: list[str]) -> dict:
     """The figures a person compares between runs (DVCLive's summary): per split, the float base's,
-    the shipped int4 base's and the int4 base + own adapter's perplexity, and that adapter's loss."""
+    the shipped int4 base's and the int4 base + own adapter's perplexity, that adapter's loss, and
+    the float base + float LoRA's perplexity with int4's gap to it."""
     out = {}
     for split in names:
         scores = result[f"on_{split}"]
@@ -226,6 +247,9 @@ def headline(result: dict, names: list[str]) -> dict:
         out[f"{split}/int4_ppl"] = scores["quantized_base"]["perplexity"]
         out[f"{split}/int4_adapter_ppl"] = scores[f"adapter_{split}"]["perplexity"]
         out[f"{split}/int4_adapter_loss"] = scores[f"adapter_{split}"]["loss"]
+        if "float_lora" in scores:
+            out[f"{split}/float_lora_ppl"] = scores["float_lora"]["perplexity"]
+            out[f"{split}/int4_lora_gap_pct"] = scores["int4_lora_gap_pct"]
     if "kernel_guard" in result:
         out["guard/top1_agreement_min"] = result["kernel_guard"]["top1_agreement_min"]
         out["guard/mean_kl_max"] = result["kernel_guard"]["mean_kl_max"]

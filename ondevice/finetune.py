@@ -1,7 +1,9 @@
 """LoRA on top of the quantized base, nanoGPT style: one readable loop.
 
 The frozen base is `load_dequantized(quantized_dir)`: float tensors equal to the int4 weights
-that ship, so the adapter learns to correct the quantized model it will run with.
+that ship, so the adapter learns to correct the quantized model it will run with. With
+`float_base`, the same loop trains on the float model instead: evaluate's reference for what int4
+costs after finetuning (the `float_lora` stage).
 """
 from __future__ import annotations
 
@@ -66,10 +68,19 @@ def response_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, labels[keep])
 
 
-def train(quantized_dir, tokenizer, train_rows: list[dict], p: dict, log=None) -> tuple[object, list[dict], dict]:
-    """Train LoRA; return (peft model, per-step log, summary metrics)."""
+def load_float(folder, dtype=torch.float32, device: str = "cpu"):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+
+
+def train(base_dir, tokenizer, train_rows: list[dict], p: dict, log=None,
+          float_base: bool = False) -> tuple[object, list[dict], dict]:
+    """Train LoRA on the dequantized int4 checkpoint in base_dir (or, float_base, on the float model
+    there); return (peft model, per-step log, summary metrics)."""
     device = pick_device(p["device"])
-    base = load_dequantized(quantized_dir, torch.bfloat16 if device == "cuda" else torch.float32, device)
+    base = (load_float if float_base else load_dequantized)(base_dir, torch.bfloat16 if device == "cuda"
+                                                            else torch.float32, device)
     # CPU: fp32 weights and optimizer, matmuls autocast to bf16 where the CPU computes bf16 natively
     cpu_bf16 = device == "cpu" and (cpu_computes_bf16() if p["cpu_bf16"] == "auto" else p["cpu_bf16"])
     set_seed(p["seed"])  # after the base: the LoRA's initial weights must not depend on how the base was built

@@ -50,7 +50,7 @@ def profile(tokenizer_dir: Path, rows: list[dict], work: Path, calib_blocks: int
 
     from ondevice.finetune import train
     from ondevice.quantize import calibration_ids
-    from ondevice.quantize.awq import awq
+    from ondevice.quantize.awq import AwqConfig, awq
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
@@ -64,8 +64,8 @@ def profile(tokenizer_dir: Path, rows: list[dict], work: Path, calib_blocks: int
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    wrapper = awq(model, calib, {"bits": 4, "group_size": 128, "symmetric": False, "grid": 20, "clip": True},
-                  device="cuda")
+    cfg = AwqConfig(group_size=128, symmetric=False, grid=20, clip=True, clip_grid=20, clip_max_shrink=0.5)
+    wrapper = awq(model, calib, cfg, device="cuda")
     torch.cuda.synchronize()
     result["awq_s"] = round(time.perf_counter() - t0, 1)
     result["awq_peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -76,6 +76,7 @@ def adapters(params: dict, metrics: dict) -> list[dict]:
 def _labels(names: list[str]) -> dict[str, str]:
     out = {"float_base": "float base (PyTorch)", "quantized_base": "int4 base (ONNX)"}
     out.update({f"adapter_{n}": f"int4 + {n} adapter (ONNX)" for n in names})
+    out["float_lora"] = "float base + the split's LoRA trained on it (PyTorch): what int4 costs after finetuning"
     return out
 
 
@@ -102,9 +103,9 @@ def front_matter(params: dict, metrics: dict) -> dict:
     hub = base_model(source)
     if hub:
         meta.update(base_model=hub, base_model_relation="quantized")
-    meta["quantization"] = {"algorithm": q["algorithm"], "bits": q["bits"], "group_size": q["group_size"],
-                            "symmetric": q["symmetric"], "calibration": f"{q['calibration']} train split",
-                            "format": "MatMulNBits (onnxruntime)"}
+    meta["quantization"] = {"algorithm": q["algorithm"], "bits": metrics["quantize"]["bits"],
+                            "group_size": q["group_size"], "symmetric": q["symmetric"],
+                            "calibration": f"{q['calibration']} train split", "format": "MatMulNBits (onnxruntime)"}
     meta["adapters"] = ads
     meta["model-index"] = _model_index(reg["name"], ads, metrics.get("evaluate") or {})
     return meta

@@ -45,13 +45,16 @@ class Data(Section):
 
 class Quantize(Section):
     algorithm: Algorithm
-    bits: Literal[4]
     group_size: GroupSize
     symmetric: bool
     calibration_samples: Annotated[int, span(1, 4096)]
     calibration_seq_len: Annotated[int, span(16, 8192)]
     awq_grid: Annotated[int, span(2, 100)]
     awq_clip: bool
+    awq_clip_grid: Annotated[int, span(2, 100)]
+    awq_clip_max_shrink: Annotated[float, span(0.0, 0.95)]
+    awq_gptq: bool
+    awq_gptq_damp: Annotated[float, span(0.0, 10.0)]
     device: Device
     calibration: str
 
@@ -91,6 +94,7 @@ class Evaluate(Section):
     max_new_tokens: Annotated[int, span(1, 4096)]
     device: Device
     min_top1_agreement: Annotated[float, span(0.0, 1.0)]
+    guard_rows: Annotated[int, span(0)]
 
 
 class Benchmark(Section):
@@ -155,6 +159,10 @@ def _message(where: str, error: dict, model: type[Section]) -> str:
     return f"{where}: {error['msg']}"
 
 
+# Keys an older params.yaml may still carry: what became of each
+REMOVED = {"quantize.bits": "every weight ships as int4 (MatMulNBits 4-bit); delete the key"}
+
+
 def _section(name: str, model: type[Section], given: dict, where_key: str | None = None) -> None:
     """Validate one section (or one adapter's overrides against `model`); raise the first error as one line."""
     try:
@@ -164,6 +172,8 @@ def _section(name: str, model: type[Section], given: dict, where_key: str | None
         key = error["loc"][0]
         prefix = where_key or name
         if error["type"] == "extra_forbidden":
+            if f"{prefix}.{key}" in REMOVED:
+                raise UserError(f"params.yaml: {prefix}.{key} was removed: {REMOVED[f'{prefix}.{key}']}") from None
             known = ", ".join(model.model_fields)
             raise UserError(f"params.yaml: unknown key {prefix}.{key}; known: {known}") from None
         if error["type"] == "missing":

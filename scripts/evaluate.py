@@ -1,9 +1,11 @@
 """Stage `evaluate`: every eval split scored by the float base, the shipped int4 base alone and the
-int4 base with each adapter (its own and the others', so a wrong adapter shows)."""
+int4 base with each adapter (its own and the others', so a wrong adapter shows); and each split by
+the float base + its float LoRA (the float_lora stage): what int4 costs after finetuning."""
 import json
 from pathlib import Path
 
 import click
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ondevice import params as P
@@ -14,6 +16,7 @@ from ondevice.data import read_jsonl
 from ondevice.evaluate import (
     OnnxScorer,
     encode_rows,
+    float_lora_gap,
     generate,
     headline,
     kernel_guard,
@@ -30,6 +33,7 @@ from ondevice.quantize import load_dequantized, pick_device
 @click.option("--base", default="models/base", show_default=True)
 @click.option("--quantized", default="models/quantized", show_default=True)
 @click.option("--references", default="models/reference", show_default=True, help="the reference stage's folders")
+@click.option("--float-loras", default="models/float_lora", show_default=True, help="the float_lora stage's folders")
 @click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
 @click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
 @click.option("--prepared", default="data/prepared", show_default=True)
@@ -37,13 +41,16 @@ from ondevice.quantize import load_dequantized, pick_device
 @click.option("--samples", default="reports/samples.md", show_default=True)
 @click.option("--live", "live_dir", default="dvclive/evaluate", show_default=True)
 @stage
-def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepared, metrics, samples, live_dir):
+def main(params_path, base, quantized, references, float_loras, onnx_dir, adapters_dir, prepared, metrics, samples,
+         live_dir):
     params = P.load(params_path)
     e, names = params["evaluate"], list(params["adapters"])
     paths = {n: Path(adapters_dir) / f"{n}.onnx_adapter" for n in names}
     for name, path in paths.items():
         if not path.exists():
             raise UserError(f"{path} missing; run `dvc repro adapter@{name}`")
+        if not (Path(float_loras) / name / "adapter_config.json").exists():
+            raise UserError(f"{Path(float_loras) / name} missing; run `dvc repro float_lora@{name}`")
     configs = {n: P.adapter_config(params, n) for n in names}
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = {n: read_jsonl(Path(prepared) / n / "eval.jsonl")[: e["max_rows"]] for n in names}
@@ -61,10 +68,16 @@ def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepa
     result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
                                "group_size": qc["group_size"]},
               **score_matrix(models, scorer, examples, arrays)}
+
+    def load_float_lora(split):  # the float_lora stage's adapter on the float base, as peft runs it
+        return PeftModel.from_pretrained(models["float_base"](), str(Path(float_loras) / split)).eval()
+
+    float_lora_gap(result, load_float_lora, examples)
     level = shipped_accuracy_level(Path(onnx_dir))
-    if level:  # the shipped kernel computes in reduced precision: check it against fp32 on the same weights
-        exact = OnnxScorer(Path(onnx_dir), threads.count(), accuracy_level=0)
-        result["kernel_guard"] = kernel_guard(scorer, exact, examples, arrays, level, e["min_top1_agreement"])
+    if level or scorer.provider != "cpu":  # reduced-precision compute (int8 on CPU, fp16 on CUDA): check it
+        exact = OnnxScorer(Path(onnx_dir), threads.count(), accuracy_level=0, on_cpu=True)  # against CPU fp32
+        guarded = {n: ex[: e["guard_rows"] or None] for n, ex in examples.items()}
+        result["kernel_guard"] = kernel_guard(scorer, exact, guarded, arrays, level, e["min_top1_agreement"])
     write_json(metrics, result)
     log_summary(live_dir, headline(result, names))
 
@@ -83,10 +96,12 @@ def main(params_path, base, quantized, references, onnx_dir, adapters_dir, prepa
         s = result[f"on_{split}"]
         others = ", ".join(f"{n} {s[f'adapter_{n}']['loss']}" for n in names)
         click.echo(f"{split} eval loss: float {s['float_base']['loss']}, int4 {s['quantized_base']['loss']}, "
-                   f"int4 + adapter {others}; best: {s['best']}")
+                   f"int4 + adapter {others}; best: {s['best']}; float LoRA {s['float_lora']['loss']} "
+                   f"(int4's perplexity gap {s['int4_lora_gap_pct']} %)")
     if "kernel_guard" in result:
         g = result["kernel_guard"]
-        click.echo(f"accuracy_level {g['accuracy_level']} vs fp32: top-1 agreement >= {g['top1_agreement_min']}, "
+        click.echo(f"{g['provider']} accuracy_level {g['accuracy_level']} vs cpu fp32: "
+                   f"top-1 agreement >= {g['top1_agreement_min']}, "
                    f"mean KL <= {g['mean_kl_max']} ({'passed' if g['passed'] else 'BELOW'} {g['min_top1_agreement']})")
 
 

@@ -1,5 +1,8 @@
 """Stage `finetune@NAME`: one adapter's LoRA on the shared quantized base; loss and learning rate per
-step logged with DVCLive (dvc plots, and the last step in dvc exp show)."""
+step logged with DVCLive (dvc plots, and the last step in dvc exp show).
+
+Stage `float_lora@NAME` runs it with --float-base: the same LoRA (data, steps, seed) on the float
+model, so evaluate can show what int4 costs after finetuning."""
 import click
 from transformers import AutoTokenizer
 
@@ -14,28 +17,29 @@ from ondevice.live import live
 @click.command()
 @params_option
 @click.option("--adapter", "name", required=True, help="the adapter to train (params.yaml adapters.NAME)")
-@click.option("--quantized", default="models/quantized", show_default=True)
+@click.option("--base", default="models/quantized", show_default=True, help="the model to train on")
+@click.option("--float-base", is_flag=True, help="the model is the float base (the float_lora stage), not int4")
 @click.option("--train", "train_path", default="data/prepared/{adapter}/train.jsonl", show_default=True)
 @click.option("--out", default="models/lora/{adapter}", show_default=True)
 @click.option("--metrics", default="metrics/finetune/{adapter}.json", show_default=True)
 @click.option("--live", "live_dir", default="dvclive/finetune/{adapter}", show_default=True)
 @stage
-def main(params_path, name, quantized, train_path, out, metrics, live_dir):
+def main(params_path, name, base, float_base, train_path, out, metrics, live_dir):
     f = P.adapter_config(P.load(params_path), name)
     train_path, out, metrics, live_dir = (p.format(adapter=name) for p in (train_path, out, metrics, live_dir))
-    tokenizer = AutoTokenizer.from_pretrained(quantized)
+    tokenizer = AutoTokenizer.from_pretrained(base)
     with live(live_dir) as session:
         def log(step: dict) -> None:
             session.log_metric("loss", step["loss"])
             session.log_metric("lr", step["lr"])
             session.next_step()
 
-        model, history, summary = train(quantized, tokenizer, read_jsonl(train_path), f, log)
+        model, history, summary = train(base, tokenizer, read_jsonl(train_path), f, log, float_base=float_base)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
     write_json(metrics, summary)
-    click.echo(f"{name}: LoRA r={f['r']}: loss {summary['train_loss_first']} -> {summary['train_loss_last']} "
-               f"in {summary['seconds']} s -> {out}")
+    click.echo(f"{name}: LoRA r={f['r']} on the {'float' if float_base else 'int4'} base: loss "
+               f"{summary['train_loss_first']} -> {summary['train_loss_last']} in {summary['seconds']} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def main(params_path, base, train_path, out, metrics):
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         result = quantize(Path(base), tmp, q, calib, Path(work), params["optimize"]["int4_block_size"])
     write_json(metrics, result)
-    click.echo(f"{q['algorithm']} int{q['bits']} g{q['group_size']} in {result['seconds']} s -> {out}")
+    click.echo(f"{q['algorithm']} int{result['bits']} g{q['group_size']} in {result['seconds']} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ from ondevice.data import read_rows  # noqa: E402
 TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=1,
             eos_token_id=2, pad_token_id=2, rms_norm_eps=1e-5)
-QUANT = dict(algorithm="awq", bits=4, group_size=32, symmetric=False, calibration_samples=32, calibration_seq_len=64,
-             awq_grid=10, awq_clip=True, device="cpu")
+QUANT = dict(algorithm="awq", group_size=32, symmetric=False, calibration_samples=32, calibration_seq_len=64,
+             awq_grid=10, awq_clip=True, awq_clip_grid=20, awq_clip_max_shrink=0.5, awq_gptq=True,
+             awq_gptq_damp=0.1, device="cpu")
+AWQ_NO_CLIP = dict(group_size=32, symmetric=False, grid=10, clip=False, clip_grid=20, clip_max_shrink=0.5,
+                   gptq=False, gptq_damp=0.1)  # AwqConfig
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
             seq_len=96, seed=0, template="chat", device="cpu", cpu_bf16=False)
 OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0,

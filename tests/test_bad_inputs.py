@@ -50,6 +50,13 @@ def script_error(tmp_path, script, *args, **param_changes):
     return lines[0].removeprefix("error: ").removeprefix("Error: ")
 
 
+def _evaluate_without_float_lora(tmp_path):
+    (tmp_path / "adapters").mkdir()
+    for name in ("travel", "cooking"):  # the int4 adapters exist; the float ones do not
+        (tmp_path / "adapters" / f"{name}.onnx_adapter").write_bytes(b"")
+    return script_error(tmp_path, "evaluate", "--adapters", "adapters", "--float-loras", "float_lora")
+
+
 ROW = b'{"prompt": "a", "response": "b"}\n'
 CASES = {
     "unknown-section": lambda t: params_error(**{"training": {}}),
@@ -62,7 +69,7 @@ CASES = {
     "unknown-device": lambda t: params_error(**{"finetune.device": "mps"}),
     "unknown-provider": lambda t: params_error(**{"optimize.provider": "dml"}),
     "cuda-graph-on-cpu": lambda t: params_error(**{"optimize.cuda_graph": True}),
-    "bad-bits": lambda t: params_error(**{"quantize.bits": 3}),
+    "removed-key": lambda t: params_error(**{"quantize.bits": 4}),
     "bad-lora-target": lambda t: params_error(**{"finetune.target_modules": ["attn"]}),
     "template-placeholder": lambda t: params_error(**{"finetune.template": "Q: {prompt} A:"}),
     "secret-in-params": lambda t: params_error(**{"register.azure.client_secret": "x"}),
@@ -90,6 +97,7 @@ CASES = {
     "calibration-not-an-adapter": lambda t: params_error(**{"quantize.calibration": "chess"}),
     "adapter-unknown-name": lambda t: script_error(t, "finetune", "--adapter", "chess"),
     "benchmark-before-adapters": lambda t: script_error(t, "benchmark"),
+    "evaluate-before-float-lora": lambda t: _evaluate_without_float_lora(t),
     "llama-cpp-not-built": lambda t: _llama_cpp_missing(t),
     "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),

@@ -43,6 +43,26 @@ def test_cuda_build_asks_for_cuda_graphs_and_fp16_lora_inputs(quantized_dir, tmp
     assert onnx_lora.lora_dtype(graph) == np.float16
 
 
+def test_kernel_guard_scores_a_cuda_build_against_the_cpu_build_on_cpu_kernels(quantized_dir, onnx_dir, tokenizer,
+                                                                              rows, tmp_path):
+    """#15: the guard's fp32 reference runs on onnxruntime's CPU kernels even for a CUDA build (fp16 graph):
+    there, it measures agreement with the CPU build of the same int4 weights."""
+    from conftest import OPT
+    from ondevice.evaluate import kernel_guard
+    from ondevice.export import optimize
+
+    optimize(quantized_dir, tmp_path / "cuda", {**OPT, "provider": "cuda"}, tmp_path / "work")
+    cuda_on_cpu = OnnxScorer(tmp_path / "cuda", accuracy_level=0, on_cpu=True)
+    cpu_build = OnnxScorer(onnx_dir, accuracy_level=0)
+    assert (cuda_on_cpu.provider, cpu_build.provider) == ("cpu", "cpu")
+    examples = {"travel": [encode_example(tokenizer, "chat", r, 96) for r in rows[:4]]}
+    guard = kernel_guard(cuda_on_cpu, cpu_build, examples, {"travel": None}, 0, 0.9)
+    assert guard["provider"] == guard["reference_provider"] == "cpu"
+    assert {v.dtype for v in cuda_on_cpu.past.values()} == {np.dtype(np.float16)}  # two different graphs:
+    assert {v.dtype for v in cpu_build.past.values()} == {np.dtype(np.float32)}    # fp16 I/O vs fp32
+    assert guard["passed"] and guard["mean_kl_max"] < 1e-3, guard  # the same int4 weights agree across kernels
+
+
 def test_runtime_tokenizer_matches_training_tokenizer(onnx_dir, tokenizer):
     model = og.Model(str(onnx_dir))
     ids = list(og.Tokenizer(model).encode(PROMPT))

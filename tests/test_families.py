@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers as T
 
-from conftest import LORA, OPT, ROOT, TINY, run_quantize
+from conftest import AWQ_NO_CLIP, LORA, OPT, ROOT, TINY, run_quantize
 from ondevice import onnx_lora
 from ondevice.model_source import SUPPORTED_ARCHITECTURES, copy_tokenizer
 
@@ -112,7 +112,7 @@ def test_awq_scale_folding_keeps_each_family_float_layer_identical(built, calib)
         h.remove()
     weights_before = {n: p.clone() for n, p in layer_wrapper.layer.named_parameters()}
     heads = (wrapper.num_attention_heads, wrapper.num_key_value_heads, wrapper.head_dim)
-    A.quantize_layer(layer_wrapper, {**A.DEFAULTS, "grid": 10, "clip": False}, stats,
+    A.quantize_layer(layer_wrapper, A.AwqConfig(**AWQ_NO_CLIP), stats,
                      WeightQuantizer(bits=4, symmetric=False, group_size=32), heads)
     after = layer_wrapper.layer(hidden, *args, **kwargs)
     changed = [n for n, p in layer_wrapper.layer.named_parameters() if not torch.equal(p, weights_before[n])]

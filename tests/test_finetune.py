@@ -70,3 +70,28 @@ def test_cpu_bf16_steps_train_in_bf16_and_keep_fp32_weights(quantized_dir, token
     fp32 = [h["loss"] for h in trained[1]]
     bf16 = [h["loss"] for h in history]
     assert bf16 != fp32 and bf16[0] == pytest.approx(fp32[0], abs=0.05)  # same start, bf16 rounding after
+
+
+def test_float_lora_trains_on_the_float_weights_and_evaluate_reports_int4s_gap(tiny_dir, tokenizer, rows, trained):
+    """#18: the float_lora stage's LoRA sees the float model (not dequant(int4)), same data, steps and seed;
+    evaluate's gap is the int4 adapter's perplexity over the float LoRA's, in %."""
+    from transformers import AutoModelForCausalLM
+
+    from ondevice.evaluate import float_lora_gap, torch_loss
+    from ondevice.text import encode_example
+
+    model, history, _ = train(tiny_dir, tokenizer, rows, LORA, float_base=True)
+    float_weights = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    frozen = model.get_base_model().model.layers[0].mlp.down_proj.weight
+    assert torch.equal(frozen, float_weights["model.layers.0.mlp.down_proj.weight"])
+    int4_frozen = trained[0].get_base_model().model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(frozen, int4_frozen)  # the int4 LoRA trained on other weights
+    assert len(history) == LORA["max_steps"] and history[-1]["loss"] < history[0]["loss"]
+
+    examples = {"travel": [encode_example(tokenizer, "chat", r, 96) for r in rows[:4]]}
+    int4 = torch_loss(trained[0].eval(), examples["travel"])
+    result = {"on_travel": {"adapter_travel": int4}}
+    float_lora_gap(result, lambda split: model.eval(), examples)
+    scores = result["on_travel"]
+    assert scores["float_lora"] == torch_loss(model, examples["travel"])
+    assert scores["int4_lora_gap_pct"] == round(100 * (int4["perplexity"] / scores["float_lora"]["perplexity"] - 1), 3)

@@ -15,7 +15,7 @@ from ondevice.register import bundle_files, make_bundle, manifest
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 EVAL = {
     "on_travel": {"float_base": {"loss": 3.8, "perplexity": 46.6}, "quantized_base": {"loss": 4.1, "perplexity": 59.0},
-                  "adapter_travel": {"loss": 3.1, "perplexity": 22.0},
+                  "adapter_travel": {"loss": 3.1, "perplexity": 22.0}, "float_lora": {"loss": 3.05, "perplexity": 21.1},
                   "adapter_cooking": {"loss": 3.3, "perplexity": 26.4}},
     "on_cooking": {"float_base": {"loss": 3.5, "perplexity": 32.4}, "quantized_base": {"loss": 3.7, "perplexity": 41.3},
                    "adapter_travel": {"loss": 3.0, "perplexity": 20.4},
@@ -61,7 +61,10 @@ def test_front_matter_parses_with_base_license_quantization_adapters_and_eval():
     results = meta["model-index"][0]["results"]
     assert [r["dataset"]["name"] for r in results] == ["travel eval split", "cooking eval split"]
     assert {m["name"]: m["value"] for m in results[0]["metrics"]} == {
-        "float base (PyTorch)": 46.6, "int4 base (ONNX)": 59.0, "int4 + travel adapter (ONNX)": 22.0}
+        "float base (PyTorch)": 46.6, "int4 base (ONNX)": 59.0, "int4 + travel adapter (ONNX)": 22.0,
+        "float base + the split's LoRA trained on it (PyTorch): what int4 costs after finetuning": 21.1}
+    assert {m["name"] for m in results[1]["metrics"]} == {"float base (PyTorch)", "int4 base (ONNX)",
+                                                         "int4 + cooking adapter (ONNX)"}  # no float LoRA given
     assert "| cooking | int4 + cooking adapter (ONNX) | 2.8 | 16.4 |" in body
     assert "| int4 base (onnxruntime-genai) | 155.9 | 802.8 | 79.8 | 221.8 |" in body
     assert "| int4 + travel adapter | 142.3 |" in body

@@ -22,7 +22,7 @@ def test_shipped_params_are_valid():
 
 @pytest.mark.parametrize("section,key,value,message", [
     ("quantize", "algorithm", "awk", "quantize.algorithm='awk' is not allowed; allowed: awq, rtn, gptq"),
-    ("quantize", "bits", "4", "quantize.bits='4' has type str; expected int"),
+    ("quantize", "awq_grid", "20", "quantize.awq_grid='20' has type str; expected int"),
     ("quantize", "group_size", 48, "quantize.group_size=48 is not allowed"),
     ("finetune", "r", 0, "finetune.r=0 is below the minimum 1"),
     ("finetune", "lr", 5, "finetune.lr=5 is above the maximum 1.0"),

@@ -5,7 +5,7 @@ import torch
 from olive.common.quant.utils import WeightQuantizer
 from safetensors.torch import load_file
 
-from conftest import run_quantize
+from conftest import AWQ_NO_CLIP, run_quantize
 from ondevice.quantize import awq as A
 from ondevice.quantize import load_dequantized, ort_int4_fake_quant
 
@@ -18,6 +18,33 @@ def test_gram_error_equals_direct_output_error():
     gram = x.T @ x / x.shape[0]
     direct = ((x @ w_q.T - x @ w.T) ** 2).sum(1).mean().item()
     assert A.output_error(w_q, w, gram) == pytest.approx(direct, rel=1e-4)
+
+
+def test_gptq_rounding_stays_on_the_grid_and_cuts_the_output_error():
+    """#18: GPTQ keeps AWQ's scales and zero points (so Olive packs exactly these values) and, on
+    correlated inputs, lowers the layer's output error below rounding to nearest."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 64) @ torch.randn(64, 64) * 0.3 + torch.randn(64)  # correlated channels
+    w = torch.randn(48, 64)
+    gram = x.T @ x / x.shape[0]
+    quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
+    scales, zeros = quantizer.find_qparams(w)
+    nearest = quantizer.fake_quantize(w, scales, zeros)
+    gptq = A.gptq_round(w, gram, scales, zeros, quantizer, damp=0.01)
+    torch.testing.assert_close(quantizer.fake_quantize(gptq, scales, zeros), gptq)  # on the grid, same params
+    assert not torch.equal(gptq, nearest)
+    assert A.output_error(gptq, w, gram) < 0.8 * A.output_error(nearest, w, gram)
+
+
+def test_gptq_in_blocks_rounds_exactly_as_column_by_column(monkeypatch):
+    torch.manual_seed(1)
+    x = torch.randn(600, 320) @ torch.randn(320, 320) * 0.2  # 320 columns: two full blocks and a tail
+    w, gram = torch.randn(40, 320), x.T @ x / x.shape[0]
+    quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
+    scales, zeros = quantizer.find_qparams(w)
+    blocked = A.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1)
+    monkeypatch.setattr(A, "GPTQ_BLOCK", 1)
+    assert torch.equal(blocked, A.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1))
 
 
 def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
@@ -39,7 +66,7 @@ def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
         h.remove()
     quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
     norm_before = layer_wrapper.get_first_layer_norm(return_name=False).weight.clone()
-    A.quantize_layer(layer_wrapper, {**A.DEFAULTS, "grid": 10, "clip": False}, stats, quantizer, (4, 2, 16))
+    A.quantize_layer(layer_wrapper, A.AwqConfig(**AWQ_NO_CLIP), stats, quantizer, (4, 2, 16))
     after = layer(hidden, *args, **kwargs)
     after = after[0] if isinstance(after, tuple) else after
     assert not torch.equal(norm_before, layer_wrapper.get_first_layer_norm(return_name=False).weight)  # scaled

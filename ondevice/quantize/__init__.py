@@ -16,6 +16,9 @@ import torch
 
 from ondevice.text import render
 
+# Every algorithm writes 4-bit weights: MatMulNBits int4 is what the optimize stage builds and what
+# onnxruntime's CPU and CUDA kernels are fast at. Not a knob (#16: a knob with one allowed value).
+BITS = 4
 
 def pick_device(device: str) -> str:
     if device == "auto":
@@ -88,13 +91,13 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     device = pick_device(q["device"])
     algo = q["algorithm"]
     if algo == "rtn":
-        produced = _olive_pass(float_dir, {"type": "Rtn", "bits": q["bits"], "group_size": q["group_size"],
+        produced = _olive_pass(float_dir, {"type": "Rtn", "bits": BITS, "group_size": q["group_size"],
                                                     "sym": q["symmetric"]}, work)
     elif algo == "gptq":
         calib_file = work / "calibration.json"
         _write_calibration_json(calib_file, calib)
         produced = _olive_pass(float_dir, {
-            "type": "Gptq", "bits": q["bits"], "group_size": q["group_size"], "sym": q["symmetric"],
+            "type": "Gptq", "bits": BITS, "group_size": q["group_size"], "sym": q["symmetric"],
             "data_config": {
                 "name": "travel_calibration",
                 "type": "DataContainer",
@@ -109,15 +112,14 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
         from olive.model import HfModelHandler
         from olive.passes.pytorch.quant_utils import finalize
 
-        from ondevice.quantize.awq import awq
+        from ondevice.quantize.awq import AwqConfig, awq
 
         model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
         if device == "cuda":
             model = model.to(torch.bfloat16)  # GPU path: bf16 activations, fp32 statistics
-        wrapper = awq(model, calib, {"bits": q["bits"], "group_size": q["group_size"], "symmetric": q["symmetric"],
-                                     "grid": q["awq_grid"], "clip": q["awq_clip"]}, device=device)
+        wrapper = awq(model, calib, AwqConfig.from_params(q), device=device)
         wrapper.model.to(torch.float32)
-        qcfg = OliveHfQuantizationConfig(bits=q["bits"], symmetric=q["symmetric"], group_size=q["group_size"],
+        qcfg = OliveHfQuantizationConfig(bits=BITS, symmetric=q["symmetric"], group_size=q["group_size"],
                                          lm_head=False, embeds=False, overrides={})
         produced = work / "awq_model"
         finalize(HfModelHandler(model_path=str(float_dir)), str(produced), wrapper, qcfg, device)
@@ -136,7 +138,7 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return {"algorithm": algo, "seconds": round(seconds, 2), "device": device,
-            "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": q["bits"],
+            "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": BITS,
             "group_size": q["group_size"]}
 
 

@@ -16,6 +16,7 @@ Mistral, Qwen..., WeightQuantizer, QuantInfo, finalize) so the output is Olive's
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from olive.common.hf.wrapper import ModelWrapper
@@ -24,11 +25,29 @@ from olive.passes.pytorch.quant_utils import QuantInfo
 from torch import nn
 from tqdm.auto import tqdm
 
+from ondevice.quantize import BITS
+
 logger = logging.getLogger(__name__)
 
-# Config of this pass, declared beside it (mirrors params.yaml `quantize:`).
-DEFAULTS = {"bits": 4, "group_size": 32, "symmetric": False, "grid": 20, "clip": True,
-            "clip_grid": 20, "clip_max_shrink": 0.5}
+@dataclass(frozen=True)
+class AwqConfig:
+    """This pass's config, declared and described beside it. Its values live only in params.yaml
+    `quantize:` (`from_params` maps the keys); no defaults here, so there is no second copy."""
+    group_size: int         # weights that share one scale and zero point
+    symmetric: bool         # zero point fixed mid-grid; False: one per group (asymmetric)
+    grid: int               # points of the scale-exponent search, alpha in [0, 1)
+    clip: bool              # after scaling, search a clipping ratio per output row and group
+    clip_grid: int          # points of that search ...
+    clip_max_shrink: float  # ... from max |w| down to (1 - clip_max_shrink) of it
+    gptq: bool              # round with GPTQ's error feedback instead of to nearest (same grid) ...
+    gptq_damp: float        # ... its Gram matrix damped by this fraction of its mean diagonal
+    bits: int = BITS        # not a knob: the pipeline ships int4
+
+    @classmethod
+    def from_params(cls, q: dict) -> AwqConfig:
+        return cls(group_size=q["group_size"], symmetric=q["symmetric"], grid=q["awq_grid"], clip=q["awq_clip"],
+                   clip_grid=q["awq_clip_grid"], clip_max_shrink=q["awq_clip_max_shrink"], gptq=q["awq_gptq"],
+                   gptq_damp=q["awq_gptq_damp"])
 
 
 class _StopForward(Exception):
@@ -155,7 +174,7 @@ def _kv_expand(num_heads: int, num_kv: int, head_dim: int):
 
 
 @torch.no_grad()
-def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuantizer, heads: tuple[int, int, int]):
+def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: WeightQuantizer, heads: tuple[int, int, int]):
     """Scale, fold, clip and record quant params for one decoder layer.
 
     stats[linear] = (gram, mean_abs) of that linear's input over the calibration tokens.
@@ -170,7 +189,7 @@ def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuant
     # scales the attention output); Olive's wrapper knows this for gemma2 only.
     norm2 = getattr(layer_wrapper.layer, "pre_feedforward_layernorm", None) or \
         layer_wrapper.get_second_layer_norm(return_name=False)
-    grid = cfg["grid"]
+    grid = cfg.grid
     grams = {}
 
     def rescaled(gram, s_in):  # the input after folding is x / s: H -> diag(1/s) H diag(1/s)
@@ -226,11 +245,48 @@ def quantize_layer(layer_wrapper, cfg: dict, stats: dict, quantizer: WeightQuant
 
     no_clip = set(attn_in[:2]) if len(attn_in) == 3 else set()  # q/k: clipping hurts attention scores
     for lin in [*attn_in, attn_out, *mlp_in, mlp_out]:
-        if cfg["clip"] and lin not in no_clip:
-            max_val = search_clip(lin.weight.data, grams[lin], quantizer, cfg["clip_grid"], cfg["clip_max_shrink"])
+        if cfg.clip and lin not in no_clip:
+            max_val = search_clip(lin.weight.data, grams[lin], quantizer, cfg.clip_grid, cfg.clip_max_shrink)
             _apply_clip(lin, max_val, quantizer.group_size)
         scales, zero_points = quantizer.find_qparams(lin.weight.data.float())
+        if cfg.gptq:  # round with error feedback on the scaled, clipped weights; the grid stays
+            lin.weight.data = gptq_round(lin.weight.data.float(), grams[lin], scales, zero_points, quantizer,
+                                         cfg.gptq_damp).to(lin.weight.dtype)
         lin.quant_info = QuantInfo(quantizer=quantizer, scales=scales, zero_points=zero_points)
+
+
+GPTQ_BLOCK = 128  # columns per lazy-batch update (the paper's B): speed only, same result
+
+
+@torch.no_grad()
+def gptq_round(w: torch.Tensor, gram: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
+               quantizer: WeightQuantizer, damp: float) -> torch.Tensor:
+    """GPTQ (Frantar et al., arXiv 2210.17323) on a fixed grid: round one input column at a time
+    and spread its rounding error over the columns not yet rounded, weighted by the inverse of the
+    input's Gram matrix, so the layer's output error (not each weight's) is what gets minimised.
+    The scales and zero points are AWQ's, so the result is on the grid Olive packs: dequantized
+    values that its packing rounds back to the same integers."""
+    out_f, in_f = w.shape
+    gs = quantizer.group_size
+    h = gram.clone().double()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    h += damp * torch.diag(h).mean() * torch.eye(in_f, dtype=h.dtype, device=h.device)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    w = w.clone().double()
+    s, z = scales.double().reshape(out_f, -1), zero_points.double().reshape(out_f, -1)
+    out = torch.empty_like(w)
+    for b0 in range(0, in_f, GPTQ_BLOCK):  # columns in blocks: the update of the columns after a
+        b1 = min(b0 + GPTQ_BLOCK, in_f)     # block is one matmul, not one pass per column
+        errs = torch.empty(out_f, b1 - b0, dtype=w.dtype, device=w.device)
+        for j in range(b0, b1):
+            g = j // gs
+            q = torch.clamp(torch.round(w[:, j] / s[:, g]) + z[:, g], quantizer.minq, quantizer.maxq)
+            out[:, j] = (q - z[:, g]) * s[:, g]
+            errs[:, j - b0] = (w[:, j] - out[:, j]) / hinv[j, j]
+            w[:, j + 1:b1] -= errs[:, j - b0, None] * hinv[j, j + 1:b1][None, :]
+        w[:, b1:] -= errs @ hinv[b0:b1, b1:]
+    return out.float()
 
 
 def record_input_stats(layer: nn.Module, stats: dict) -> list:
@@ -244,10 +300,9 @@ def record_input_stats(layer: nn.Module, stats: dict) -> list:
 
 
 @torch.no_grad()
-def awq(model, input_ids: torch.Tensor, cfg: dict, device: str = "cpu") -> ModelWrapper:
+def awq(model, input_ids: torch.Tensor, cfg: AwqConfig, device: str = "cpu") -> ModelWrapper:
     """Run AWQ over all decoder layers in place; returns the Olive wrapper with quant_info attached."""
-    cfg = {**DEFAULTS, **cfg}
-    quantizer = WeightQuantizer(bits=cfg["bits"], symmetric=cfg["symmetric"], group_size=cfg["group_size"])
+    quantizer = WeightQuantizer(bits=cfg.bits, symmetric=cfg.symmetric, group_size=cfg.group_size)
     model.eval()
     wrapper = ModelWrapper.from_model(model)
     heads = (wrapper.num_attention_heads, wrapper.num_key_value_heads, wrapper.head_dim)
