@@ -53,7 +53,7 @@ bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside
 # exact shape; give real weights with ARGS="-S model.source=microsoft/Phi-3.5-mini-instruct".
 GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S finetune.device=cuda \
   -S finetune.batch_size=4 -S finetune.seq_len=512 -S finetune.r=64 -S finetune.alpha=128 \
-  -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.provider=cuda -S evaluate.device=cuda -S evaluate.guard_rows=8 -S 'reference.algorithms=[]' \
+  -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.provider=cuda -S optimize.auto_level_rows=8 -S evaluate.device=cuda -S evaluate.guard_rows=8 -S 'reference.algorithms=[]' \
   -S benchmark.builder_reference=true -S benchmark.profile=false
 repro-full:  ## the default pipeline plus onnxruntime's per-node decode profile (benchmark.profile), as an experiment
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.profile=true $(ARGS)

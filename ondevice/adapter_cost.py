@@ -72,6 +72,7 @@ def feed_steps(onnx_dir: str, adapter: str) -> dict:
 
     from ondevice.cuda_check import model_providers
     from ondevice.onnx_lora import read_adapter
+    from ondevice.onnx_scoring import empty_past
 
     cuda = "cuda" in model_providers(Path(onnx_dir))
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
@@ -79,11 +80,8 @@ def feed_steps(onnx_dir: str, adapter: str) -> dict:
     opts.log_severity_level = 3  # LoRA defaults are overridable initializers on purpose
     session = ort.InferenceSession(str(Path(onnx_dir) / "model.onnx"), opts, providers=providers)
     decoder = json.loads((Path(onnx_dir) / "genai_config.json").read_text())["model"]["decoder"]
-    step = {"input_ids": np.array([[1]], np.int64), "attention_mask": np.ones((1, 1), np.int64)}
-    for i in session.get_inputs():
-        if i.name.startswith("past_key_values"):
-            dtype = np.float16 if i.type == "tensor(float16)" else np.float32
-            step[i.name] = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype)
+    step = {"input_ids": np.array([[1]], np.int64), "attention_mask": np.ones((1, 1), np.int64),
+            **empty_past(session, decoder)}
     lora = read_adapter(Path(adapter))
 
     def values(arrays, device):

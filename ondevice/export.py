@@ -98,7 +98,8 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
     """Run the onnxruntime-genai model builder on the quantized checkpoint; returns seconds."""
     # is_symmetric stays at the builder's default (true): it only concerns the head (the layers
     # arrive quantized), and the builder's asymmetric path leaves the tied embedding in fp32.
-    extra = [f"block_size={o['int4_block_size']}", f"accuracy_level={o['int4_accuracy_level']}"]
+    level = 4 if o["int4_accuracy_level"] == "auto" else o["int4_accuracy_level"]  # auto: 4 until chosen
+    extra = [f"block_size={o['int4_block_size']}", f"accuracy_level={level}"]
     if o["prune_lm_head"]:  # prefill computes the last position's logits only
         extra.append("prune_lm_head=true")
     checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
@@ -161,7 +162,8 @@ def export_adapter(lora_dir: Path, onnx_dir: Path, path: Path) -> dict:
 
 
 def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
-    """The base model, with LoRA inputs (zero-size defaults) on every projection in `lora_targets`."""
+    """The base model, with LoRA inputs (zero-size defaults) on every projection in `lora_targets`
+    (int4_accuracy_level auto: built at 4; onnx_scoring.ship_accuracy_level chooses)."""
     seconds = build_onnx(quantized_dir, out_dir, o, work / "builder_cache")
     shutil.rmtree(work / "builder_cache", ignore_errors=True)
     shutil.rmtree(work / "builder_input", ignore_errors=True)
@@ -171,3 +173,4 @@ def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
         "model_mb": round(sum(p.stat().st_size for p in out_dir.glob("model.onnx*")) / 1e6, 2),
         "lora_nodes": len(targets),
     }
+

@@ -151,6 +151,16 @@ def _architecture(model: dict | None) -> str:
     return f"; {model['architecture']}{size}"
 
 
+def _compute(optimize: dict | None) -> str:
+    """The int4 compute precision optimize shipped (MatMulNBits accuracy_level) and how it was chosen."""
+    record = (optimize or {}).get("accuracy_level")
+    if not record:
+        return ""
+    how = (f"the fastest level whose greedy agreement with fp32 is at least {record['min_top1_agreement']}"
+           if record["chosen_by"] == "auto" else "set in params.yaml")
+    return f", computed at MatMulNBits accuracy_level {record['accuracy_level']} ({how})"
+
+
 def render(params: dict, metrics: dict) -> str:
     """The card: `metrics` as the register stage reads it (data, adapter per adapter name; quantize,
     optimize, evaluate; benchmark and model optional)."""
@@ -166,8 +176,9 @@ def render(params: dict, metrics: dict) -> str:
 
 Base: `{meta['model_source']}`{hub_link}, licence `{meta['license']}`{_architecture(metrics.get('model'))}.
 Weights: {q['algorithm'].upper()} {q['bits']}-bit, group size {q['group_size']}, calibrated on the {q['calibration']}
-({model_mb} MB of ONNX). Each adapter is a LoRA trained on the int4 weights, shipped as a `.onnx_adapter`
-that fills the model's LoRA inputs at run time (no adapter is baked in).
+({model_mb} MB of ONNX){_compute(metrics.get('optimize'))}.
+Each adapter is a LoRA trained on the int4 weights, shipped as a `.onnx_adapter` that fills the model's
+LoRA inputs at run time (no adapter is baked in).
 
 ## Use it (onnxruntime-genai)
 

@@ -81,7 +81,9 @@ class Finetune(Section):
 class Optimize(Section):
     provider: Provider
     int4_block_size: GroupSize
-    int4_accuracy_level: Literal[0, 1, 2, 3, 4]
+    int4_accuracy_level: Literal["auto", 0, 1, 2, 3, 4]
+    min_top1_agreement: Annotated[float, span(0.0, 1.0)]
+    auto_level_rows: Annotated[int, span(1)]
     prune_lm_head: bool
     intra_op_threads: Annotated[int, span(0, 256)]
     cuda_graph: bool
@@ -93,7 +95,6 @@ class Evaluate(Section):
     generate_rows: Annotated[int, span(0)]
     max_new_tokens: Annotated[int, span(1, 4096)]
     device: Device
-    min_top1_agreement: Annotated[float, span(0.0, 1.0)]
     guard_rows: Annotated[int, span(0)]
 
 
@@ -160,7 +161,9 @@ def _message(where: str, error: dict, model: type[Section]) -> str:
 
 
 # Keys an older params.yaml may still carry: what became of each
-REMOVED = {"quantize.bits": "every weight ships as int4 (MatMulNBits 4-bit); delete the key"}
+REMOVED = {"quantize.bits": "every weight ships as int4 (MatMulNBits 4-bit); delete the key",
+           "evaluate.min_top1_agreement": "the bar moved to optimize.min_top1_agreement, which also drives "
+                                          "int4_accuracy_level: auto; move the value there"}
 
 
 def _section(name: str, model: type[Section], given: dict, where_key: str | None = None) -> None:

@@ -13,18 +13,10 @@ from ondevice import threads
 from ondevice.atomic import UserError, write_json, write_text
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
-from ondevice.evaluate import (
-    OnnxScorer,
-    encode_rows,
-    float_lora_gap,
-    generate,
-    headline,
-    kernel_guard,
-    score_matrix,
-    shipped_accuracy_level,
-)
+from ondevice.evaluate import encode_rows, float_lora_gap, generate, headline, score_matrix
 from ondevice.live import log_summary
 from ondevice.onnx_lora import read_adapter
+from ondevice.onnx_scoring import OnnxScorer, kernel_guard, level_record, shipped_accuracy_level
 from ondevice.quantize import load_dequantized, pick_device
 
 
@@ -77,7 +69,8 @@ def main(params_path, base, quantized, references, float_loras, onnx_dir, adapte
     if level or scorer.provider != "cpu":  # reduced-precision compute (int8 on CPU, fp16 on CUDA): check it
         exact = OnnxScorer(Path(onnx_dir), threads.count(), accuracy_level=0, on_cpu=True)  # against CPU fp32
         guarded = {n: ex[: e["guard_rows"] or None] for n, ex in examples.items()}
-        result["kernel_guard"] = kernel_guard(scorer, exact, guarded, arrays, level, e["min_top1_agreement"])
+        bar = level_record(Path(onnx_dir))["min_top1_agreement"]  # the bar optimize held the level to
+        result["kernel_guard"] = kernel_guard(scorer, exact, guarded, arrays, level, bar)
     write_json(metrics, result)
     log_summary(live_dir, headline(result, names))
 

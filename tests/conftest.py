@@ -25,7 +25,7 @@ AWQ_NO_CLIP = dict(group_size=32, symmetric=False, grid=10, clip=False, clip_gri
                    gptq=False, gptq_damp=0.1)  # AwqConfig
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
             seq_len=96, seed=0, template="chat", device="cpu", cpu_bf16=False)
-OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0,
+OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0, min_top1_agreement=0.95, auto_level_rows=8,
            prune_lm_head=True, intra_op_threads=0, cuda_graph=False, lora_targets=["q_proj", "v_proj"])
 
 
@@ -147,9 +147,11 @@ def trained(quantized_dir, tokenizer, rows, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_dir(quantized_dir, trained, tmp_path_factory):
+    from ondevice.accuracy_level import ship_accuracy_level
     from ondevice.export import export_adapter, optimize
 
     out = tmp_path_factory.mktemp("onnx")
     optimize(quantized_dir, out, OPT, tmp_path_factory.mktemp("owork"))
+    ship_accuracy_level(out, OPT, None)  # as the optimize stage does: the level and its bar beside the model
     export_adapter(trained[3], out, out / "adapters" / "travel.onnx_adapter")  # the shipped layout
     return out

@@ -50,6 +50,14 @@ def script_error(tmp_path, script, *args, **param_changes):
     return lines[0].removeprefix("error: ").removeprefix("Error: ")
 
 
+def _no_level_passes():
+    from ondevice.accuracy_level import pick_level
+
+    with pytest.raises(UserError) as e:  # what a CUDA build whose kernels all disagree with the CPU's fp32 gets
+        pick_level({level: {"top1_agreement": 0.9, "decode_tok_s": 100.0, "passed": False} for level in (0, 4)}, 0.95)
+    return str(e.value)
+
+
 def _evaluate_without_float_lora(tmp_path):
     (tmp_path / "adapters").mkdir()
     for name in ("travel", "cooking"):  # the int4 adapters exist; the float ones do not
@@ -70,6 +78,11 @@ CASES = {
     "unknown-provider": lambda t: params_error(**{"optimize.provider": "dml"}),
     "cuda-graph-on-cpu": lambda t: params_error(**{"optimize.cuda_graph": True}),
     "removed-key": lambda t: params_error(**{"quantize.bits": 4}),
+    "moved-key": lambda t: params_error(**{"evaluate.min_top1_agreement": 0.95}),
+    "unknown-accuracy-level": lambda t: params_error(**{"optimize.int4_accuracy_level": 5}),
+    "auto-level-without-eval-split": lambda t: script_error(t, "optimize", "--eval-rows", "nope/eval.jsonl",
+                                                            "--adapter", "travel"),
+    "auto-level-none-passes": lambda t: _no_level_passes(),
     "bad-lora-target": lambda t: params_error(**{"finetune.target_modules": ["attn"]}),
     "template-placeholder": lambda t: params_error(**{"finetune.template": "Q: {prompt} A:"}),
     "secret-in-params": lambda t: params_error(**{"register.azure.client_secret": "x"}),

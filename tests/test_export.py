@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT, write_params
 from ondevice import onnx_lora
-from ondevice.evaluate import OnnxScorer, torch_loss
+from ondevice.evaluate import torch_loss
+from ondevice.onnx_scoring import OnnxScorer
 from ondevice.quantize import load_dequantized
 from ondevice.text import encode_example
 
@@ -48,8 +49,8 @@ def test_kernel_guard_scores_a_cuda_build_against_the_cpu_build_on_cpu_kernels(q
     """#15: the guard's fp32 reference runs on onnxruntime's CPU kernels even for a CUDA build (fp16 graph):
     there, it measures agreement with the CPU build of the same int4 weights."""
     from conftest import OPT
-    from ondevice.evaluate import kernel_guard
     from ondevice.export import optimize
+    from ondevice.onnx_scoring import kernel_guard
 
     optimize(quantized_dir, tmp_path / "cuda", {**OPT, "provider": "cuda"}, tmp_path / "work")
     cuda_on_cpu = OnnxScorer(tmp_path / "cuda", accuracy_level=0, on_cpu=True)
@@ -197,7 +198,7 @@ def test_kv_floor_is_the_sliding_window_only_when_it_is_inside_the_context(tmp_p
 
 def test_kernel_guard_compares_the_int8_kernel_with_fp32_on_the_same_weights(onnx_dir, tokenizer, rows):
     """#18: evaluate checks the shipped accuracy level against fp32 compute of the same int4 weights."""
-    from ondevice.evaluate import kernel_guard, shipped_accuracy_level
+    from ondevice.onnx_scoring import kernel_guard, shipped_accuracy_level
 
     examples = {"travel": [encode_example(tokenizer, "chat", r, 96) for r in rows[:4]]}
     adapters = {"travel": onnx_lora.read_adapter(onnx_dir / "adapters" / "travel.onnx_adapter")}

@@ -159,7 +159,7 @@ def test_shipped_int4_weights_are_the_quantized_ones(built):
 
 
 def _logits_pair(built, tokenizer, rows, adapter: bool) -> tuple[np.ndarray, np.ndarray]:
-    from ondevice.evaluate import OnnxScorer
+    from ondevice.onnx_scoring import OnnxScorer
     from ondevice.quantize import load_dequantized
     from ondevice.text import encode_example
 
