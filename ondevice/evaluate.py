@@ -104,7 +104,8 @@ def float_lora_gap(result: dict, load_float_lora, examples: dict) -> None:
 def headline(result: dict, names: list[str]) -> dict:
     """The figures a person compares between runs (DVCLive's summary): per split, the float base's,
     the shipped int4 base's and the int4 base + own adapter's perplexity, that adapter's loss, and
-    the float base + float LoRA's perplexity with int4's gap to it."""
+    the float base + float LoRA's perplexity with int4's gap to it; the MatMulNBits level shipped and
+    the kernel guard's worst agreement and KL."""
     out = {}
     for split in names:
         scores = result[f"on_{split}"]
@@ -115,8 +116,9 @@ def headline(result: dict, names: list[str]) -> dict:
         if "float_lora" in scores:
             out[f"{split}/float_lora_ppl"] = scores["float_lora"]["perplexity"]
             out[f"{split}/int4_lora_gap_pct"] = scores["int4_lora_gap_pct"]
+    if "accuracy_level" in result:  # the MatMulNBits level shipped (with auto: the one it chose)
+        out["guard/accuracy_level"] = result["accuracy_level"]["accuracy_level"]
     if "kernel_guard" in result:
-        out["guard/accuracy_level"] = result["kernel_guard"]["accuracy_level"]
         out["guard/top1_agreement_min"] = result["kernel_guard"]["top1_agreement_min"]
         out["guard/mean_kl_max"] = result["kernel_guard"]["mean_kl_max"]
     return out

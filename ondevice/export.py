@@ -94,12 +94,25 @@ def run_builder(input_dir: Path, out_dir: Path, precision: str, provider: str, c
     return time.perf_counter() - t0
 
 
-def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> float:
-    """Run the onnxruntime-genai model builder on the quantized checkpoint; returns seconds."""
+def head_block(quantized_dir: Path) -> int:
+    """The int4 block the quantize stage rounded the float head on: the builder must quantize it the same."""
+    qc = json.loads((Path(quantized_dir) / "config.json").read_text()).get("quantization_config") or {}
+    if "head_block_size" not in qc:
+        from ondevice.atomic import UserError
+
+        raise UserError(f"{quantized_dir} has no quantization_config.head_block_size (made before it was recorded); "
+                        "run `dvc repro quantize`")
+    return qc["head_block_size"]
+
+
+def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path,
+               head_block_size: int | None = None) -> float:
+    """Run the onnxruntime-genai model builder on the quantized checkpoint; returns seconds.
+    head_block_size: the head's int4 block, by default the one the checkpoint records (levers try others)."""
     # is_symmetric stays at the builder's default (true): it only concerns the head (the layers
     # arrive quantized), and the builder's asymmetric path leaves the tied embedding in fp32.
     level = 4 if o["int4_accuracy_level"] == "auto" else o["int4_accuracy_level"]  # auto: 4 until chosen
-    extra = [f"block_size={o['int4_block_size']}", f"accuracy_level={level}"]
+    extra = [f"block_size={head_block_size or head_block(quantized_dir)}", f"accuracy_level={level}"]
     if o["prune_lm_head"]:  # prefill computes the last position's logits only
         extra.append("prune_lm_head=true")
     checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
@@ -161,10 +174,10 @@ def export_adapter(lora_dir: Path, onnx_dir: Path, path: Path) -> dict:
             "adapter_mb": round(path.stat().st_size / 1e6, 3)}
 
 
-def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
+def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path, head_block_size: int | None = None) -> dict:
     """The base model, with LoRA inputs (zero-size defaults) on every projection in `lora_targets`
     (int4_accuracy_level auto: built at 4; onnx_scoring.ship_accuracy_level chooses)."""
-    seconds = build_onnx(quantized_dir, out_dir, o, work / "builder_cache")
+    seconds = build_onnx(quantized_dir, out_dir, o, work / "builder_cache", head_block_size)
     shutil.rmtree(work / "builder_cache", ignore_errors=True)
     shutil.rmtree(work / "builder_input", ignore_errors=True)
     targets = add_adapter_inputs(out_dir, list(o["lora_targets"]))

@@ -55,6 +55,7 @@ class Quantize(Section):
     awq_clip_max_shrink: Annotated[float, span(0.0, 0.95)]
     awq_gptq: bool
     awq_gptq_damp: Annotated[float, span(0.0, 10.0)]
+    head_block_size: GroupSize
     device: Device
     calibration: str
 
@@ -80,7 +81,6 @@ class Finetune(Section):
 
 class Optimize(Section):
     provider: Provider
-    int4_block_size: GroupSize
     int4_accuracy_level: Literal["auto", 0, 1, 2, 3, 4]
     min_top1_agreement: Annotated[float, span(0.0, 1.0)]
     auto_level_rows: Annotated[int, span(1)]
@@ -162,6 +162,9 @@ def _message(where: str, error: dict, model: type[Section]) -> str:
 
 # Keys an older params.yaml may still carry: what became of each
 REMOVED = {"quantize.bits": "every weight ships as int4 (MatMulNBits 4-bit); delete the key",
+           "optimize.int4_block_size": "the head's int4 block is quantize.head_block_size (quantize rounds the "
+                                       "head on it and records it; optimize reads it from the checkpoint); "
+                                       "move the value there",
            "evaluate.min_top1_agreement": "the bar moved to optimize.min_top1_agreement, which also drives "
                                           "int4_accuracy_level: auto; move the value there"}
 

@@ -17,14 +17,14 @@ from ondevice.export import export_adapter
 @click.command()
 @params_option
 @click.option("--adapter", "name", required=True, help="the adapter to export (params.yaml adapters.NAME)")
-@click.option("--lora", default="models/lora/{adapter}", show_default=True)
-@click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
-@click.option("--out", default="models/adapters/{adapter}.onnx_adapter", show_default=True)
-@click.option("--metrics", default="metrics/adapter/{adapter}.json", show_default=True)
+@click.option("--lora", required=True)
+@click.option("--onnx", "onnx_dir", required=True)
+@click.option("--out", required=True)
+@click.option("--metrics", required=True)
 @stage
 def main(params_path, name, lora, onnx_dir, out, metrics):
     P.adapter_config(P.load(params_path), name)  # an unknown name fails here, in one line
-    lora, out, metrics = (Path(p.format(adapter=name)) for p in (lora, out, metrics))
+    lora, out, metrics = Path(lora), Path(out), Path(metrics)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # same filesystem: the rename is atomic
         info = export_adapter(lora, Path(onnx_dir), Path(tmp) / out.name)

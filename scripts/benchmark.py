@@ -29,12 +29,12 @@ def llama_cpp_gguf(params: dict) -> Path | None:
 
 @click.command()
 @params_option
-@click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
-@click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
-@click.option("--base", default="models/base", show_default=True)
-@click.option("--metrics", default="metrics/benchmark.json", show_default=True)
-@click.option("--plots", "plots_dir", default="plots/benchmark", show_default=True)
-@click.option("--live", "live_dir", default="dvclive/benchmark", show_default=True)
+@click.option("--onnx", "onnx_dir", required=True)
+@click.option("--adapters", "adapters_dir", required=True)
+@click.option("--base", required=True)
+@click.option("--metrics", required=True)
+@click.option("--plots", "plots_dir", required=True)
+@click.option("--live", "live_dir", required=True)
 @stage
 def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir, live_dir):
     params = P.load(params_path)

@@ -10,13 +10,12 @@ from ondevice.data import read_rows, split, stats, write_jsonl
 @click.command()
 @params_option
 @click.option("--adapter", "name", required=True, help="the adapter (params.yaml adapters.NAME) whose data to split")
-@click.option("--out", default="data/prepared/{adapter}", show_default=True)
-@click.option("--metrics", default="metrics/data/{adapter}.json", show_default=True)
+@click.option("--out", required=True)
+@click.option("--metrics", required=True)
 @stage
 def main(params_path, name, out, metrics):
     params = P.load(params_path)
     d, path = params["data"], P.adapter_config(params, name)["data"]
-    out, metrics = out.format(adapter=name), metrics.format(adapter=name)
     rows, warnings = read_rows(path, f"adapters.{name}.data")
     for w in warnings:
         click.echo(f"warning: {w}", err=True)

@@ -22,16 +22,16 @@ from ondevice.quantize import load_dequantized, pick_device
 
 @click.command()
 @params_option
-@click.option("--base", default="models/base", show_default=True)
-@click.option("--quantized", default="models/quantized", show_default=True)
-@click.option("--references", default="models/reference", show_default=True, help="the reference stage's folders")
-@click.option("--float-loras", default="models/float_lora", show_default=True, help="the float_lora stage's folders")
-@click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
-@click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
-@click.option("--prepared", default="data/prepared", show_default=True)
-@click.option("--metrics", default="metrics/evaluate.json", show_default=True)
-@click.option("--samples", default="reports/samples.md", show_default=True)
-@click.option("--live", "live_dir", default="dvclive/evaluate", show_default=True)
+@click.option("--base", required=True)
+@click.option("--quantized", required=True)
+@click.option("--references", required=True, help="the reference stage's folders")
+@click.option("--float-loras", required=True, help="the float_lora stage's folders")
+@click.option("--onnx", "onnx_dir", required=True)
+@click.option("--adapters", "adapters_dir", required=True)
+@click.option("--prepared", required=True)
+@click.option("--metrics", required=True)
+@click.option("--samples", required=True)
+@click.option("--live", "live_dir", required=True)
 @stage
 def main(params_path, base, quantized, references, float_loras, onnx_dir, adapters_dir, prepared, metrics, samples,
          live_dir):
@@ -66,10 +66,11 @@ def main(params_path, base, quantized, references, float_loras, onnx_dir, adapte
 
     float_lora_gap(result, load_float_lora, examples)
     level = shipped_accuracy_level(Path(onnx_dir))
+    result["accuracy_level"] = level_record(Path(onnx_dir))  # optimize's choice (auto: every level's scores)
     if level or scorer.provider != "cpu":  # reduced-precision compute (int8 on CPU, fp16 on CUDA): check it
         exact = OnnxScorer(Path(onnx_dir), threads.count(), accuracy_level=0, on_cpu=True)  # against CPU fp32
         guarded = {n: ex[: e["guard_rows"] or None] for n, ex in examples.items()}
-        bar = level_record(Path(onnx_dir))["min_top1_agreement"]  # the bar optimize held the level to
+        bar = result["accuracy_level"]["min_top1_agreement"]  # the bar optimize held the level to
         result["kernel_guard"] = kernel_guard(scorer, exact, guarded, arrays, level, bar)
     write_json(metrics, result)
     log_summary(live_dir, headline(result, names))

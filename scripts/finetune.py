@@ -17,16 +17,15 @@ from ondevice.live import live
 @click.command()
 @params_option
 @click.option("--adapter", "name", required=True, help="the adapter to train (params.yaml adapters.NAME)")
-@click.option("--base", default="models/quantized", show_default=True, help="the model to train on")
+@click.option("--base", required=True, help="the model to train on")
 @click.option("--float-base", is_flag=True, help="the model is the float base (the float_lora stage), not int4")
-@click.option("--train", "train_path", default="data/prepared/{adapter}/train.jsonl", show_default=True)
-@click.option("--out", default="models/lora/{adapter}", show_default=True)
-@click.option("--metrics", default="metrics/finetune/{adapter}.json", show_default=True)
-@click.option("--live", "live_dir", default="dvclive/finetune/{adapter}", show_default=True)
+@click.option("--train", "train_path", required=True)
+@click.option("--out", required=True)
+@click.option("--metrics", required=True)
+@click.option("--live", "live_dir", required=True)
 @stage
 def main(params_path, name, base, float_base, train_path, out, metrics, live_dir):
     f = P.adapter_config(P.load(params_path), name)
-    train_path, out, metrics, live_dir = (p.format(adapter=name) for p in (train_path, out, metrics, live_dir))
     tokenizer = AutoTokenizer.from_pretrained(base)
     with live(live_dir) as session:
         def log(step: dict) -> None:

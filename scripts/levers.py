@@ -20,12 +20,12 @@ from ondevice.export import export_adapter, optimize
 
 
 def variants(params: dict) -> dict:
-    """name -> (optimize overrides, session option overrides)."""
+    """name -> (optimize overrides, session option overrides); head_block_size: the head's int4 block."""
     o = params["optimize"]
     return {
         "shipped": ({}, {}),
         "accuracy_level_0": ({"int4_accuracy_level": 0}, {}),
-        "head_block_128": ({"int4_block_size": 128}, {}),
+        "head_block_128": ({"head_block_size": 128}, {}),
         "no_spinning": ({}, {"session.intra_op.allow_spinning": "0"}),
         # intra_op_num_threads unset: onnxruntime-genai's own default, logical CPUs / 2 (what shipped before #17)
         "genai_default_threads": ({}, {"intra_op_num_threads": None}),
@@ -53,7 +53,9 @@ def main(params_path, quantized, lora, name, rounds, out):
         for variant, (opt, session) in variants(params).items():
             onnx = Path(tmp) / variant
             onnx.mkdir()
-            optimize(Path(quantized), onnx, {**params["optimize"], **opt}, Path(tmp) / "work")
+            opt = dict(opt)
+            head = opt.pop("head_block_size", None)
+            optimize(Path(quantized), onnx, {**params["optimize"], **opt}, Path(tmp) / "work", head)
             adapter = export_adapter(Path(lora) / name, onnx, onnx / "adapters" / f"{name}.onnx_adapter")
             if session:
                 cfg = json.loads((onnx / "genai_config.json").read_text())

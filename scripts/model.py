@@ -9,8 +9,8 @@ from ondevice.model_source import check_supported, load_config, materialize
 
 @click.command()
 @params_option
-@click.option("--out", default="models/base", show_default=True)
-@click.option("--metrics", default="metrics/model.json", show_default=True)
+@click.option("--out", required=True)
+@click.option("--metrics", required=True)
 @stage
 def main(params_path, out, metrics):
     params = P.load(params_path)

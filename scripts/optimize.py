@@ -18,11 +18,11 @@ from ondevice.text import encode_example
 
 @click.command()
 @params_option
-@click.option("--quantized", default="models/quantized", show_default=True)
+@click.option("--quantized", required=True)
 @click.option("--eval-rows", "eval_rows", required=True, help="eval split whose prompts `auto` scores the levels on")
 @click.option("--adapter", required=True, help="the adapter those rows belong to (its template and seq_len)")
-@click.option("--out", default="models/onnx", show_default=True)
-@click.option("--metrics", default="metrics/optimize.json", show_default=True)
+@click.option("--out", required=True)
+@click.option("--metrics", required=True)
 @stage
 def main(params_path, quantized, eval_rows, adapter, out, metrics):
     params = P.load(params_path)

@@ -53,8 +53,7 @@ def main(params_path, variants, base, shipped, prepared, held_out, out):
         def build(changes=changes):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                quantize(Path(base), Path(tmp), {**params["quantize"], **changes}, calib, Path(tmp) / "work",
-                         params["optimize"]["int4_block_size"])
+                quantize(Path(base), Path(tmp), {**params["quantize"], **changes}, calib, Path(tmp) / "work")
                 return load_dequantized(tmp), round(time.perf_counter() - t0, 1)
         models[v] = build
     with open(out, "a") as f:

@@ -13,11 +13,11 @@ from ondevice.quantize import calibration_for, quantize
 
 @click.command()
 @params_option
-@click.option("--base", default="models/base", show_default=True)
-@click.option("--train", "train_path", default="data/prepared/{calibration}/train.jsonl", show_default=True,
-              help="calibration rows; {calibration} is quantize.calibration")
-@click.option("--out", default="models/quantized", show_default=True)
-@click.option("--metrics", default="metrics/quantize.json", show_default=True)
+@click.option("--base", required=True)
+@click.option("--train", "train_path", required=True,
+              help="calibration rows: the train split of the quantize.calibration adapter")
+@click.option("--out", required=True)
+@click.option("--metrics", required=True)
 @stage
 def main(params_path, base, train_path, out, metrics):
     params = P.load(params_path)
@@ -25,9 +25,9 @@ def main(params_path, base, train_path, out, metrics):
     P.check_model_fit(params, AutoConfig.from_pretrained(base))
     # Olive's working copy plus the packed output: about the size of the float base, with margin
     require_free_space(out, int(1.5 * folder_bytes(base)), "the quantized model")
-    calib = calibration_for(params, Path(base), Path(train_path.format(calibration=q["calibration"])))
+    calib = calibration_for(params, Path(base), Path(train_path))
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
-        result = quantize(Path(base), tmp, q, calib, Path(work), params["optimize"]["int4_block_size"])
+        result = quantize(Path(base), tmp, q, calib, Path(work))
     write_json(metrics, result)
     click.echo(f"{q['algorithm']} int{result['bits']} g{q['group_size']} in {result['seconds']} s -> {out}")
 

@@ -28,8 +28,7 @@ def main(params_path, base, train_path, out, metrics):
         for algorithm in algorithms:
             q = {**params["quantize"], "algorithm": algorithm}
             (Path(tmp) / algorithm).mkdir()
-            result = quantize(Path(base), Path(tmp) / algorithm, q, calib, Path(work) / algorithm,
-                              params["optimize"]["int4_block_size"])
+            result = quantize(Path(base), Path(tmp) / algorithm, q, calib, Path(work) / algorithm)
             seconds[algorithm] = result["seconds"]
     write_json(metrics, {"algorithms": list(seconds), "seconds": seconds})
     click.echo(f"references {', '.join(seconds) or 'none'} -> {out}")

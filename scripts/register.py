@@ -28,11 +28,11 @@ def read_metrics(metrics_dir: Path, names: list[str], which=("data", "quantize",
 
 @click.command()
 @params_option
-@click.option("--onnx", "onnx_dir", default="models/onnx", show_default=True)
-@click.option("--adapters", "adapters_dir", default="models/adapters", show_default=True)
-@click.option("--metrics-dir", default="metrics", show_default=True)
-@click.option("--out", default="reports/manifest.json", show_default=True)
-@click.option("--card", default="reports/model_card.md", show_default=True,
+@click.option("--onnx", "onnx_dir", required=True)
+@click.option("--adapters", "adapters_dir", required=True)
+@click.option("--metrics-dir", required=True)
+@click.option("--out", required=True)
+@click.option("--card", required=True,
               help="the model card written here, shipped as README.md")
 @stage
 def main(params_path, onnx_dir, adapters_dir, metrics_dir, out, card):

@@ -20,12 +20,12 @@ TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_
             eos_token_id=2, pad_token_id=2, rms_norm_eps=1e-5)
 QUANT = dict(algorithm="awq", group_size=32, symmetric=False, calibration_samples=32, calibration_seq_len=64,
              awq_grid=10, awq_clip=True, awq_clip_grid=20, awq_clip_max_shrink=0.5, awq_gptq=True,
-             awq_gptq_damp=0.1, device="cpu")
+             awq_gptq_damp=0.1, head_block_size=32, device="cpu")
 AWQ_NO_CLIP = dict(group_size=32, symmetric=False, grid=10, clip=False, clip_grid=20, clip_max_shrink=0.5,
                    gptq=False, gptq_damp=0.1)  # AwqConfig
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
             seq_len=96, seed=0, template="chat", device="cpu", cpu_bf16=False)
-OPT = dict(provider="cpu", int4_block_size=32, int4_accuracy_level=0, min_top1_agreement=0.95, auto_level_rows=8,
+OPT = dict(provider="cpu", int4_accuracy_level=0, min_top1_agreement=0.95, auto_level_rows=8,
            prune_lm_head=True, intra_op_threads=0, cuda_graph=False, lora_targets=["q_proj", "v_proj"])
 
 
@@ -47,6 +47,30 @@ def edited_params(changes: dict | None = None, source: Path = ROOT / "params.yam
         else:
             node[key] = value
     return p
+
+
+def stage_args(stage: str, key: str | None = None) -> list[str]:
+    """The arguments dvc.yaml's cmd gives a stage's script, the one place the pipeline's paths live:
+    ${key} filled with `key` (a foreach stage's adapter), ${section.name} from params.yaml. Tests
+    append their own after these (click keeps an option's last value)."""
+    import re
+    import shlex
+
+    import yaml
+
+    stage_def = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    cmd = stage_def.get("do", stage_def)["cmd"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def value(match):
+        if match.group(1) == "key":
+            return key
+        node = params
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return shlex.split(re.sub(r"\$\{([\w.]+)\}", value, cmd))[2:]  # after `python scripts/NAME.py`
 
 
 def write_params(path: Path, changes: dict | None = None, source: Path = ROOT / "params.yaml") -> Path:
@@ -126,7 +150,7 @@ def run_quantize(tiny_dir, tmp_path_factory, calib, **q):
 
     out = tmp_path_factory.mktemp("quantized")
     work = tmp_path_factory.mktemp("work")
-    metrics = quantize(Path(tiny_dir), out, {**QUANT, **q}, calib, work, OPT["int4_block_size"])
+    metrics = quantize(Path(tiny_dir), out, {**QUANT, **q}, calib, work)
     return out, metrics
 
 

@@ -17,7 +17,7 @@ from azure.identity import CredentialUnavailableError
 from test_azure_job import BAD_INPUTS as AZURE_JOB_CASES
 from test_azure_job import bad_input as azure_job_case
 
-from conftest import DELETE, ROOT, edited_params, write_params
+from conftest import DELETE, ROOT, edited_params, stage_args, write_params
 from ondevice import params as P
 from ondevice.atomic import UserError, require_free_space
 from ondevice.data import read_rows
@@ -41,9 +41,11 @@ def data_error(tmp_path, content: bytes):
 
 
 def script_error(tmp_path, script, *args, **param_changes):
+    """A stage script run as dvc.yaml runs it (its paths, relative to an empty folder), `args` on top."""
     write_params(tmp_path / "params.yaml", param_changes)
-    out = subprocess.run([PY, str(ROOT / "scripts" / f"{script}.py"), "--params",
-                          str(tmp_path / "params.yaml"), *args], cwd=tmp_path, capture_output=True, text=True)
+    adapter = args[args.index("--adapter") + 1] if "--adapter" in args else None
+    out = subprocess.run([PY, str(ROOT / "scripts" / f"{script}.py"), "--params", str(tmp_path / "params.yaml"),
+                          *stage_args(script, adapter), *args], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, out.stderr
@@ -79,6 +81,7 @@ CASES = {
     "cuda-graph-on-cpu": lambda t: params_error(**{"optimize.cuda_graph": True}),
     "removed-key": lambda t: params_error(**{"quantize.bits": 4}),
     "moved-key": lambda t: params_error(**{"evaluate.min_top1_agreement": 0.95}),
+    "moved-head-block": lambda t: params_error(**{"optimize.int4_block_size": 32}),
     "unknown-accuracy-level": lambda t: params_error(**{"optimize.int4_accuracy_level": 5}),
     "auto-level-without-eval-split": lambda t: script_error(t, "optimize", "--eval-rows", "nope/eval.jsonl",
                                                             "--adapter", "travel"),

@@ -7,13 +7,14 @@ import time
 
 import pytest
 
-from conftest import ROOT, write_params
+from conftest import ROOT, stage_args, write_params
 from ondevice.atomic import atomic_dir
 
 
-def run_script(name, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+def run_script(name, *args, cwd=ROOT, adapter="travel"):
+    """A stage script with dvc.yaml's arguments (its paths), `args` on top."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *stage_args(name, adapter), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def params_with(tmp_path, section, key, value):
@@ -28,9 +29,7 @@ def params_with(tmp_path, section, key, value):
     ("data", "adapters.travel", "data", "missing.jsonl", "data file missing.jsonl not found"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, script, section, key, value, message):
-    per_adapter = ["--adapter", "travel"] if script in ("data", "finetune") else []
-    out = run_script(script, "--params", params_with(tmp_path, section, key, value), *per_adapter,
-                     "--out", str(tmp_path / "o"))
+    out = run_script(script, "--params", params_with(tmp_path, section, key, value), "--out", str(tmp_path / "o"))
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr

@@ -211,3 +211,25 @@ def test_kernel_guard_compares_the_int8_kernel_with_fp32_on_the_same_weights(onn
     assert 0.8 <= fast["top1_agreement_min"] <= 1.0 and fast["passed"] == (fast["top1_agreement_min"] == 1.0)
     assert fast["on_travel"]["tokens"] == sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples["travel"])
     assert abs(fast["on_travel"]["loss_minus_fp32_loss"]) < 0.05 and same["on_travel"]["loss_minus_fp32_loss"] == 0
+
+
+def test_the_head_is_packed_on_the_block_quantize_recorded(quantized_dir, onnx_dir, tmp_path):
+    """The int4 grid's one home is quantize: it rounds the float head on quantize.head_block_size and
+    records it in the checkpoint; optimize reads it there (no optimize knob of its own to disagree)."""
+    import shutil
+
+    from conftest import QUANT
+    from ondevice.atomic import UserError
+    from ondevice.export import head_block
+
+    assert head_block(quantized_dir) == QUANT["head_block_size"]
+    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
+    head = [n for n in graph.node if n.op_type == "MatMulNBits" and "lm_head" in n.name]
+    assert head and {a.i for n in head for a in n.attribute if a.name == "block_size"} == {QUANT["head_block_size"]}
+    old = tmp_path / "old"
+    shutil.copytree(quantized_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["quantization_config"]["head_block_size"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="run `dvc repro quantize`"):
+        head_block(old)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, stage_args
 from ondevice import model_card
 from ondevice.register import bundle_files, make_bundle, manifest
 
@@ -123,7 +123,8 @@ def test_register_stage_writes_the_card_and_the_manifest_lists_it(onnx_dir, tmp_
     for name, value in files.items():
         (metrics / name).parent.mkdir(parents=True, exist_ok=True)
         (metrics / f"{name}.json").write_text(json.dumps(value))
-    out = subprocess.run([sys.executable, str(ROOT / "scripts/register.py"), "--params", "params.yaml", "--onnx",
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/register.py"), *stage_args("register"),
+                          "--params", "params.yaml", "--onnx",
                           str(onnx_dir), "--adapters", str(onnx_dir / "adapters"), "--metrics-dir", "metrics"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

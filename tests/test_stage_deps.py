@@ -59,3 +59,27 @@ def test_every_stage_declares_the_code_it_runs():
 def test_a_dropped_dep_is_caught():
     script, deps = stages()["evaluate"]
     assert uncovered("evaluate", script, [d for d in deps if d != "ondevice/runtime.py"]) == ["ondevice/runtime.py"]
+
+
+def option_defaults(script: Path) -> dict[str, object]:
+    """Each click option of a script with its default (None where it has none)."""
+    out = {}
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "option":
+            flag = next(a.value for a in node.args if isinstance(a, ast.Constant) and a.value.startswith("--"))
+            default = next((k.value for k in node.keywords if k.arg == "default"), None)
+            out[flag] = default.value if isinstance(default, ast.Constant) else default
+    return out
+
+
+def test_paths_live_only_in_dvc_yaml():
+    """A stage script has no path of its own (a click default would be a second copy, free to drift
+    from dvc.yaml's outs), and its cmd passes every path option the script requires."""
+    for name, (script, _) in stages().items():
+        options = option_defaults(script)
+        pathlike = {f: d for f, d in options.items() if isinstance(d, str) and "/" in d}
+        assert pathlike == {}, f"{script.name} keeps paths of its own: {pathlike}"
+        stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
+        cmd = stage.get("do", stage)["cmd"].split()
+        required = [f for f, d in options.items() if d is None and f not in ("--params", "--float-base")]
+        assert [f for f in required if f not in cmd] == [], f"{name}: dvc.yaml's cmd lacks some of {required}"

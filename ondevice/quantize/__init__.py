@@ -78,10 +78,12 @@ def _write_calibration_json(path: Path, ids: torch.Tensor) -> None:
     path.write_text(json.dumps(ids.tolist()))
 
 
-def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work: Path, head_block_size: int) -> dict:
+def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work: Path) -> dict:
     """Quantize float_dir into out_dir (an empty dir) with params `q`; return metrics.
 
-    head_block_size: the ONNX int4 block size the optimize stage will use for the head.
+    The int4 grid has one home, here: the layers' group size and symmetry and the head's block
+    (`head_block_size`, which the ONNX builder quantizes the float head with) go into the
+    checkpoint's quantization_config, and optimize reads them there, so the two cannot disagree.
     """
     import shutil
 
@@ -133,9 +135,10 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     from ondevice.model_source import copy_tokenizer
 
     copy_tokenizer(float_dir, out_dir)
-    round_head(out_dir, head_block_size)
+    round_head(out_dir, q["head_block_size"])
     config = json.loads((out_dir / "config.json").read_text())
     config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register
+    config["quantization_config"]["head_block_size"] = q["head_block_size"]  # the block optimize packs the head in
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return {"algorithm": algo, "seconds": round(seconds, 2), "device": device,
             "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": BITS,
