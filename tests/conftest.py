@@ -2,6 +2,7 @@
 quantized, LoRA-trained and exported once per session, so every stage's functions run for real."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -49,28 +50,25 @@ def edited_params(changes: dict | None = None, source: Path = ROOT / "params.yam
     return p
 
 
+@functools.cache
+def resolved_commands() -> dict[str, str]:
+    """Every stage's cmd as DVC itself resolves dvc.yaml (foreach and ${...} filled in), by stage name."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {stage.name: stage.cmd for stage in repo.index.stages}
+
+
 def stage_args(stage: str, key: str | None = None) -> list[str]:
     """The arguments dvc.yaml's cmd gives a stage's script, the one place the pipeline's paths live:
-    ${key} filled with `key` (a foreach stage's adapter), ${section.name} from params.yaml. Tests
-    append their own after these (click keeps an option's last value)."""
-    import re
+    a foreach stage's for adapter `key` (for a key params.yaml does not list, its first adapter's: the
+    test passes its own --adapter). Tests append their own after these (click keeps an option's last value)."""
     import shlex
 
-    import yaml
-
-    stage_def = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
-    cmd = stage_def.get("do", stage_def)["cmd"]
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-
-    def value(match):
-        if match.group(1) == "key":
-            return key
-        node = params
-        for part in match.group(1).split("."):
-            node = node[part]
-        return str(node)
-
-    return shlex.split(re.sub(r"\$\{([\w.]+)\}", value, cmd))[2:]  # after `python scripts/NAME.py`
+    commands = resolved_commands()
+    instances = [a for a in commands if a.startswith(f"{stage}@")]
+    address = stage if stage in commands else (f"{stage}@{key}" if f"{stage}@{key}" in commands else instances[0])
+    return shlex.split(commands[address])[2:]  # after `python scripts/NAME.py`
 
 
 def write_params(path: Path, changes: dict | None = None, source: Path = ROOT / "params.yaml") -> Path:

@@ -33,12 +33,13 @@ def imported_modules(path: Path, seen: set[Path] | None = None) -> set[Path]:
     return seen
 
 
-def stages() -> dict[str, tuple[Path, list[str]]]:
+def stages() -> dict[str, tuple[Path, list[str], str]]:
+    """name -> (its script, its deps without templated ones, its cmd as written in dvc.yaml)."""
     out = {}
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         stage = stage.get("do", stage)
         script = re.search(r"python (scripts/\w+\.py)", stage["cmd"]).group(1)
-        out[name] = (ROOT / script, [d for d in stage["deps"] if "${" not in d])
+        out[name] = (ROOT / script, [d for d in stage["deps"] if "${" not in d], stage["cmd"])
     return out
 
 
@@ -50,14 +51,14 @@ def uncovered(name: str, script: Path, deps: list[str]) -> list[str]:
 
 
 def test_every_stage_declares_the_code_it_runs():
-    missing = {name: uncovered(name, script, deps) for name, (script, deps) in stages().items()}
+    missing = {name: uncovered(name, script, deps) for name, (script, deps, _) in stages().items()}
     assert {name: m for name, m in missing.items() if m} == {}
-    for name, (script, deps) in stages().items():
+    for name, (script, deps, _) in stages().items():
         assert str(script.relative_to(ROOT)) in deps, f"{name} does not depend on its own script"
 
 
 def test_a_dropped_dep_is_caught():
-    script, deps = stages()["evaluate"]
+    script, deps, _ = stages()["evaluate"]
     assert uncovered("evaluate", script, [d for d in deps if d != "ondevice/runtime.py"]) == ["ondevice/runtime.py"]
 
 
@@ -75,11 +76,10 @@ def option_defaults(script: Path) -> dict[str, object]:
 def test_paths_live_only_in_dvc_yaml():
     """A stage script has no path of its own (a click default would be a second copy, free to drift
     from dvc.yaml's outs), and its cmd passes every path option the script requires."""
-    for name, (script, _) in stages().items():
+    for name, (script, _, cmd) in stages().items():
         options = option_defaults(script)
         pathlike = {f: d for f, d in options.items() if isinstance(d, str) and "/" in d}
         assert pathlike == {}, f"{script.name} keeps paths of its own: {pathlike}"
-        stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
-        cmd = stage.get("do", stage)["cmd"].split()
+        cmd = cmd.split()
         required = [f for f, d in options.items() if d is None and f not in ("--params", "--float-base")]
         assert [f for f in required if f not in cmd] == [], f"{name}: dvc.yaml's cmd lacks some of {required}"
