@@ -60,6 +60,14 @@ def _no_level_passes():
     return str(e.value)
 
 
+def _no_level_record(tmp_path):
+    from ondevice.onnx_scoring import level_record
+
+    with pytest.raises(UserError) as e:  # an ONNX folder built before optimize recorded its accuracy level
+        level_record(tmp_path / "onnx")
+    return str(e.value).replace(str(tmp_path), "<dir>")
+
+
 def _evaluate_without_float_lora(tmp_path):
     (tmp_path / "adapters").mkdir()
     for name in ("travel", "cooking"):  # the int4 adapters exist; the float ones do not
@@ -86,6 +94,7 @@ CASES = {
     "auto-level-without-eval-split": lambda t: script_error(t, "optimize", "--eval-rows", "nope/eval.jsonl",
                                                             "--adapter", "travel"),
     "auto-level-none-passes": lambda t: _no_level_passes(),
+    "onnx-without-level-record": lambda t: _no_level_record(t),
     "bad-lora-target": lambda t: params_error(**{"finetune.target_modules": ["attn"]}),
     "template-placeholder": lambda t: params_error(**{"finetune.template": "Q: {prompt} A:"}),
     "secret-in-params": lambda t: params_error(**{"register.azure.client_secret": "x"}),
