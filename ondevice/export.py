@@ -61,6 +61,16 @@ def unfused_checkpoint(quantized_dir: Path, work: Path) -> Path:
         if item.is_file() and item.name != "model.safetensors":
             shutil.copy2(item, folder / item.name)
     save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
+    # A fused projection's 8-bit override (quantize.int8_modules) now belongs to each of its parts.
+    hf = json.loads((folder / "config.json").read_text())
+    overrides = hf["quantization_config"].get("overrides") or {}
+    for name in list(overrides):
+        fused = next((f for f in FUSED_IN_CHECKPOINT if name.endswith(f".{f}")), None)
+        if fused:
+            for part in FUSED_IN_CHECKPOINT[fused]:
+                overrides[name[: -len(fused)] + part] = overrides[name]
+            del overrides[name]
+    (folder / "config.json").write_text(json.dumps(hf, indent=2))
     return folder
 
 

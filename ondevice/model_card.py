@@ -93,6 +93,11 @@ def _model_index(name: str, ads: list[dict], ev: dict) -> list[dict]:
     return [{"name": name, "results": results}]
 
 
+def _int8(q: dict) -> str:
+    """The projections kept at 8 bits (quantize.int8_modules), if any."""
+    return f" ({', '.join(q['int8_modules'])} at 8 bits)" if q["int8_modules"] else ""
+
+
 def front_matter(params: dict, metrics: dict) -> dict:
     source, reg, q = params["model"]["source"], params["register"], params["quantize"]
     ads = adapters(params, metrics)
@@ -105,6 +110,8 @@ def front_matter(params: dict, metrics: dict) -> dict:
         meta.update(base_model=hub, base_model_relation="quantized")
     meta["quantization"] = {"algorithm": q["algorithm"], "bits": metrics["quantize"]["bits"],
                             "group_size": q["group_size"], "symmetric": q["symmetric"],
+                            "int8_modules": list(q["int8_modules"]),
+                            "bits_per_weight": metrics["quantize"].get("bits_per_weight"),
                             "calibration": f"{q['calibration']} train split", "format": "MatMulNBits (onnxruntime)"}
     meta["adapters"] = ads
     meta["model-index"] = _model_index(reg["name"], ads, metrics.get("evaluate") or {})
@@ -170,13 +177,15 @@ def render(params: dict, metrics: dict) -> str:
     model_mb = (metrics.get("optimize") or {}).get("model_mb")
     hub = meta.get("base_model")
     hub_link = f" ([{hub}](https://huggingface.co/{hub}))" if hub else ""
+    weights = f"{q['algorithm'].upper()} {q['bits']}-bit{_int8(q)}, group size {q['group_size']}"
+    compute = _compute(metrics.get("optimize"))
     body = f"""# {reg['name']} (version {reg['version']})
 
 {reg['description']}
 
 Base: `{meta['model_source']}`{hub_link}, licence `{meta['license']}`{_architecture(metrics.get('model'))}.
-Weights: {q['algorithm'].upper()} {q['bits']}-bit, group size {q['group_size']}, calibrated on the {q['calibration']}
-({model_mb} MB of ONNX){_compute(metrics.get('optimize'))}.
+Weights: {weights}, calibrated on the {q['calibration']}
+({q['bits_per_weight']} bits per weight with scales and zero points, {model_mb} MB of ONNX){compute}.
 Each adapter is a LoRA trained on the int4 weights, shipped as a `.onnx_adapter` that fills the model's
 LoRA inputs at run time (no adapter is baked in).
 

@@ -56,6 +56,7 @@ class Quantize(Section):
     awq_gptq: bool
     awq_gptq_damp: Annotated[float, span(0.0, 10.0)]
     head_block_size: GroupSize
+    int8_modules: list[LoraTarget]  # decoder projections kept at 8 bits (MatMulNBits bits=8); [] = all int4
     device: Device
     calibration: str
 
@@ -208,8 +209,17 @@ def validate(params: dict) -> dict:
     if params["optimize"]["cuda_graph"] and params["optimize"]["provider"] != "cuda":
         raise UserError("params.yaml: optimize.cuda_graph=true needs optimize.provider=cuda "
                         "(CUDA graphs are a CUDA execution provider feature); set it false for a CPU build")
+    _check_int8_modules(params["quantize"]["int8_modules"])
     _check_adapters(params)
     return params
+
+
+def _check_int8_modules(modules: list[str]) -> None:
+    """q/k/v all or none: the ONNX builder packs them into one MatMulNBits, which has one bit width."""
+    qkv = {"q_proj", "k_proj", "v_proj"}
+    if qkv & set(modules) and not qkv <= set(modules):
+        raise UserError(f"params.yaml: quantize.int8_modules={modules!r} splits q/k/v; the ONNX builder packs "
+                        "q_proj, k_proj and v_proj into one MatMulNBits of one bit width: list all three or none")
 
 
 def _check_template(where: str, template: str) -> None:

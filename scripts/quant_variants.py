@@ -4,9 +4,13 @@ calibration adapter's eval split and on held-out text the pipeline never sees (a
 
 Not a DVC stage (a study, like levers.py): `python scripts/quant_variants.py -S awq_gptq=false
 -S "awq_gptq_damp=0.01"` after `make repro`; appends one JSON line per variant to
-reports/quant_variants.jsonl ("shipped" is models/quantized as the pipeline built it).
+reports/quant_variants.jsonl ("shipped" is models/quantized as the pipeline built it). With --decode
+(the default) each variant is also built to ONNX as optimize builds it (at the shipped accuracy level)
+and decoded in rounds over all variants, so the trade is one table: perplexity beside bits per
+weight, model size and decode speed (mixed precision: -S "int8_modules=[down_proj]").
 """
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -16,10 +20,14 @@ import yaml
 
 from ondevice import params as P
 from ondevice.atomic import UserError
+from ondevice.child import in_child
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
+from ondevice.engines import onnx_decode, weight_bytes_per_token
 from ondevice.evaluate import encode_rows, torch_loss
-from ondevice.quantize import calibration_for, load_dequantized, quantize
+from ondevice.export import optimize
+from ondevice.onnx_scoring import level_record
+from ondevice.quantize import bits_per_weight, calibration_for, load_dequantized, quantize
 
 
 @click.command()
@@ -29,9 +37,14 @@ from ondevice.quantize import calibration_for, load_dequantized, quantize
 @click.option("--shipped", default="models/quantized", show_default=True)
 @click.option("--prepared", default="data/prepared", show_default=True)
 @click.option("--held-out", default="/usr/share/common-licenses/GPL-3", show_default=True)
+@click.option("--onnx", "shipped_onnx", default="models/onnx", show_default=True,
+              help="the shipped build: its accuracy level is the one every variant is built at")
+@click.option("--decode/--no-decode", default=True, show_default=True,
+              help="build each variant to ONNX and clock its decode (benchmark: settings)")
+@click.option("--rounds", default=3, show_default=True, help="decode passes over all variants; medians reported")
 @click.option("--out", default="reports/quant_variants.jsonl", show_default=True)
 @stage
-def main(params_path, variants, base, shipped, prepared, held_out, out):
+def main(params_path, variants, base, shipped, prepared, held_out, shipped_onnx, decode, rounds, out):
     params = P.load(params_path)
     split = params["quantize"]["calibration"]
     if not Path(held_out).is_file():
@@ -47,23 +60,43 @@ def main(params_path, variants, base, shipped, prepared, held_out, out):
     eval_split = encode_rows(tokenizer, cfg["template"], rows, cfg["seq_len"])
     ids = tokenizer(Path(held_out).read_text())["input_ids"]
     text = [{"input_ids": ids[i:i + 256], "labels": ids[i:i + 256]} for i in range(0, min(len(ids), 256 * 24), 256)]
-    calib = calibration_for(params, Path(base), Path(prepared) / split / "train.jsonl")
-    models = {"shipped": lambda: (load_dequantized(shipped), None)}
-    for v, changes in overrides.items():
-        def build(changes=changes):
-            with tempfile.TemporaryDirectory() as tmp:
+    level = level_record(Path(shipped_onnx))["accuracy_level"] if decode else None
+    records, builds = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, changes in {"shipped": None, **overrides}.items():
+            folder, seconds, tokens = Path(shipped), None, None
+            if changes is not None:  # its own calibration blocks: calibration_samples / _seq_len may be what it varies
+                q = {**params["quantize"], **changes}
+                calib = calibration_for({**params, "quantize": q}, Path(base), Path(prepared) / split / "train.jsonl")
+                folder = Path(tmp) / f"q{len(records)}"
+                folder.mkdir()
                 t0 = time.perf_counter()
-                quantize(Path(base), Path(tmp), {**params["quantize"], **changes}, calib, Path(tmp) / "work")
-                return load_dequantized(tmp), round(time.perf_counter() - t0, 1)
-        models[v] = build
+                tokens = quantize(Path(base), folder, q, calib, Path(tmp) / "work")["calibration_tokens"]
+                seconds = round(time.perf_counter() - t0, 1)
+            model = load_dequantized(folder)
+            records[name] = {"variant": name, "quantize_s": seconds, "calibration_tokens": tokens,
+                             f"{split}_eval": torch_loss(model, eval_split),
+                             "held_out": {**torch_loss(model, text), "file": held_out},
+                             "bits_per_weight": bits_per_weight(folder)}
+            if decode:  # the ONNX model this checkpoint ships as, at the shipped level
+                onnx = builds[name] = Path(tmp) / f"onnx{len(builds)}"
+                onnx.mkdir()
+                optimize(folder, onnx, {**params["optimize"], "int4_accuracy_level": level}, Path(tmp) / "work")
+                records[name].update(model_mb=round(sum(p.stat().st_size for p in onnx.glob("model.onnx*")) / 1e6, 2),
+                                     weight_mb_per_token=round(weight_bytes_per_token(onnx) / 1e6, 2),
+                                     accuracy_level=level)
+        # Rounds over all variants, one child process each: the box drifts, so no variant gets all the quiet.
+        speeds = {name: [] for name in builds}
+        for _ in range(rounds if decode else 0):
+            for name, onnx in builds.items():
+                r = in_child(onnx_decode, onnx_dir=str(onnx), adapter=None, adapter_name="", b=params["benchmark"])
+                speeds[name].append(r["decode_tok_s"])
     with open(out, "a") as f:
-        for name, load in models.items():
-            model, seconds = load()
-            record = {"variant": name, "quantize_s": seconds, f"{split}_eval": torch_loss(model, eval_split),
-                      "held_out": {**torch_loss(model, text), "file": held_out}}
+        for name, record in records.items():
+            if speeds.get(name):
+                record["decode_tok_s"] = round(statistics.median(speeds[name]), 1)
             f.write(json.dumps(record) + "\n")
             click.echo(json.dumps(record))
-
 
 if __name__ == "__main__":
     main()

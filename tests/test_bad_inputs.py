@@ -68,6 +68,20 @@ def _no_level_record(tmp_path):
     return str(e.value).replace(str(tmp_path), "<dir>")
 
 
+def _int8_not_in_model(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from ondevice.quantize import int8_names
+
+    names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj"]  # a Llama layer's projections, as the checkpoint names them
+    save_file({f"model.layers.0.{n}.weight": torch.zeros(2, 2) for n in names}, tmp_path / "model.safetensors")
+    with pytest.raises(UserError) as e:  # Phi-3's fused name asked of a Llama checkpoint
+        int8_names(tmp_path, ["gate_up_proj"])
+    return str(e.value)
+
+
 def _evaluate_without_float_lora(tmp_path):
     (tmp_path / "adapters").mkdir()
     for name in ("travel", "cooking"):  # the int4 adapters exist; the float ones do not
@@ -95,6 +109,8 @@ CASES = {
                                                             "--adapter", "travel"),
     "auto-level-none-passes": lambda t: _no_level_passes(),
     "onnx-without-level-record": lambda t: _no_level_record(t),
+    "int8-modules-split-qkv": lambda t: params_error(**{"quantize.int8_modules": ["v_proj", "down_proj"]}),
+    "int8-module-not-in-model": lambda t: _int8_not_in_model(t),
     "bad-lora-target": lambda t: params_error(**{"finetune.target_modules": ["attn"]}),
     "template-placeholder": lambda t: params_error(**{"finetune.template": "Q: {prompt} A:"}),
     "secret-in-params": lambda t: params_error(**{"register.azure.client_secret": "x"}),

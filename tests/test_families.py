@@ -44,6 +44,13 @@ FAMILIES = {
                dict(tie_word_embeddings=True, head_dim=16, query_pre_attn_scalar=16, sliding_window=128,
                     layer_types=["sliding_attention", "full_attention"]), ["q_proj", "v_proj"]),
 }
+# quantize.int8_modules per family (mixed precision): a fused checkpoint projection (Phi-3's gate_up_proj,
+# split for the builder), the q/k/v the builder packs into one node, and Olive's own down_proj choice.
+INT8_MODULES = {"phi3": ["gate_up_proj", "down_proj"], "mistral": ["q_proj", "k_proj", "v_proj"],
+                "llama": ["down_proj"]}
+# those modules -> the builder's MatMulNBits nodes they become
+INT8_NODES = {"gate_up_proj": ["mlp/gate_proj", "mlp/up_proj"], "down_proj": ["mlp/down_proj"],
+              "q_proj": ["attn/qkv_proj"], "k_proj": ["attn/qkv_proj"], "v_proj": ["attn/qkv_proj"]}
 
 
 def test_every_supported_architecture_is_in_the_matrix():
@@ -77,7 +84,7 @@ def built(request, tmp_path_factory, tokenizer_dir, tokenizer, rows, calib):
     family = request.param
     targets = FAMILIES[family][3]
     float_dir = make_family_model(family, tmp_path_factory.mktemp(f"{family}-float"), tokenizer_dir)
-    quantized_dir = run_quantize(float_dir, tmp_path_factory, calib)[0]
+    quantized_dir = run_quantize(float_dir, tmp_path_factory, calib, int8_modules=INT8_MODULES.get(family, []))[0]
     lora, _, _ = train(quantized_dir, tokenizer, rows, {**LORA, "target_modules": targets})
     with torch.no_grad():  # a strong adapter: three steps barely move B away from zero
         gen = torch.Generator().manual_seed(1)
@@ -112,8 +119,8 @@ def test_awq_scale_folding_keeps_each_family_float_layer_identical(built, calib)
         h.remove()
     weights_before = {n: p.clone() for n, p in layer_wrapper.layer.named_parameters()}
     heads = (wrapper.num_attention_heads, wrapper.num_key_value_heads, wrapper.head_dim)
-    A.quantize_layer(layer_wrapper, A.AwqConfig(**AWQ_NO_CLIP), stats,
-                     WeightQuantizer(bits=4, symmetric=False, group_size=32), heads)
+    int4 = WeightQuantizer(bits=4, symmetric=False, group_size=32)
+    A.quantize_layer(layer_wrapper, A.AwqConfig(**AWQ_NO_CLIP), stats, lambda _: int4, heads)
     after = layer_wrapper.layer(hidden, *args, **kwargs)
     changed = [n for n, p in layer_wrapper.layer.named_parameters() if not torch.equal(p, weights_before[n])]
     assert any("norm" in n for n in changed)  # scales really were folded
@@ -156,6 +163,19 @@ def test_shipped_int4_weights_are_the_quantized_ones(built):
         assert torch.equal(w.detach().float(), torch.from_numpy(shipped[name])), name
     head = next(v for k, v in shipped.items() if k.startswith("/lm_head"))
     assert torch.equal(model.lm_head.weight.detach().float(), torch.from_numpy(head))
+
+
+def test_int8_modules_ship_as_8_bit_matmulnbits(built):
+    """quantize.int8_modules reaches the graph: those projections' nodes are bits=8, every other one 4."""
+    from onnx_int4 import node_bits
+
+    family, onnx_dir = built[0], built[4]
+    eight = {f"/model/layers.{i}/{node}/MatMulNBits" for i in range(2) for m in INT8_MODULES.get(family, [])
+             for node in INT8_NODES[m]}
+    bits = node_bits(onnx_dir)
+    assert eight <= set(bits)
+    assert {n for n, b in bits.items() if b == 8} == eight
+    assert {b for n, b in bits.items() if n not in eight} == {4}
 
 
 def _logits_pair(built, tokenizer, rows, adapter: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,8 @@ METRICS = {
     "data": {"travel": {"rows_train": 274, "rows_eval": 48}, "cooking": {"rows_train": 187, "rows_eval": 33}},
     "adapter": {n: {"adapter_mb": 5.9, "rank": 16, "alpha": 32, "target_modules": ["q_proj", "v_proj"]}
                 for n in ("travel", "cooking")},
-    "quantize": {"algorithm": "awq", "bits": 4, "group_size": 32}, "optimize": {"model_mb": 88.24},
+    "quantize": {"algorithm": "awq", "bits": 4, "group_size": 32, "bits_per_weight": 5.125},
+    "optimize": {"model_mb": 88.24},
     "evaluate": EVAL,
     "benchmark": {"cpu_count": 2, "threads": 2, "ort_int4": {"decode_tok_s": 155.9, "prefill_tok_s": 802.8,
                                                               "ttft_ms": 79.8, "peak_rss_mb": 221.8},
@@ -53,7 +54,16 @@ def test_front_matter_parses_with_base_license_quantization_adapters_and_eval():
     assert meta["library_name"] == "onnxruntime-genai" and meta["pipeline_tag"] == "text-generation"
     assert {"onnx", "int4", "awq", "lora"} <= set(meta["tags"])
     assert meta["quantization"] == {"algorithm": "awq", "bits": 4, "group_size": 32, "symmetric": False,
+                                    "int8_modules": [], "bits_per_weight": 5.125,
                                     "calibration": "travel train split", "format": "MatMulNBits (onnxruntime)"}
+    assert "AWQ 4-bit, group size 32" in body and "5.125 bits per weight" in body
+
+
+def test_mixed_precision_is_named_in_the_card():
+    params = {**PARAMS, "quantize": {**PARAMS["quantize"], "int8_modules": ["down_proj"]}}
+    meta, body = model_card.parse(model_card.render(params, METRICS))
+    assert meta["quantization"]["int8_modules"] == ["down_proj"]
+    assert "AWQ 4-bit (down_proj at 8 bits), group size 32" in body
     travel = meta["adapters"][0]
     assert travel == {"name": "travel", "file": "adapters/travel.onnx_adapter", "data": "data/travel_qa.jsonl",
                       "rows_train": 274, "rows_eval": 48, "rank": 16, "alpha": 32,

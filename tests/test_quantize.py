@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from conftest import AWQ_NO_CLIP, run_quantize
 from ondevice.quantize import awq as A
+from ondevice.quantize import gptq_round as G
 from ondevice.quantize import load_dequantized, ort_int4_fake_quant
 
 
@@ -30,7 +31,7 @@ def test_gptq_rounding_stays_on_the_grid_and_cuts_the_output_error():
     quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
     scales, zeros = quantizer.find_qparams(w)
     nearest = quantizer.fake_quantize(w, scales, zeros)
-    gptq = A.gptq_round(w, gram, scales, zeros, quantizer, damp=0.01)
+    gptq = G.gptq_round(w, gram, scales, zeros, quantizer, damp=0.01)
     torch.testing.assert_close(quantizer.fake_quantize(gptq, scales, zeros), gptq)  # on the grid, same params
     assert not torch.equal(gptq, nearest)
     assert A.output_error(gptq, w, gram) < 0.8 * A.output_error(nearest, w, gram)
@@ -42,9 +43,9 @@ def test_gptq_in_blocks_rounds_exactly_as_column_by_column(monkeypatch):
     w, gram = torch.randn(40, 320), x.T @ x / x.shape[0]
     quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
     scales, zeros = quantizer.find_qparams(w)
-    blocked = A.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1)
-    monkeypatch.setattr(A, "GPTQ_BLOCK", 1)
-    assert torch.equal(blocked, A.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1))
+    blocked = G.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1)
+    monkeypatch.setattr(G, "GPTQ_BLOCK", 1)
+    assert torch.equal(blocked, G.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1))
 
 
 def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
@@ -66,7 +67,7 @@ def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
         h.remove()
     quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
     norm_before = layer_wrapper.get_first_layer_norm(return_name=False).weight.clone()
-    A.quantize_layer(layer_wrapper, A.AwqConfig(**AWQ_NO_CLIP), stats, quantizer, (4, 2, 16))
+    A.quantize_layer(layer_wrapper, A.AwqConfig(**AWQ_NO_CLIP), stats, lambda _: quantizer, (4, 2, 16))
     after = layer(hidden, *args, **kwargs)
     after = after[0] if isinstance(after, tuple) else after
     assert not torch.equal(norm_before, layer_wrapper.get_first_layer_norm(return_name=False).weight)  # scaled
@@ -109,3 +110,32 @@ def test_gptq_runs_through_olive_with_our_calibration_blocks(tiny_dir, tmp_path_
     out, metrics = run_quantize(tiny_dir, tmp_path_factory, calib, algorithm="gptq")
     assert metrics["algorithm"] == "gptq"
     assert np.isfinite(load_dequantized(out).model.layers[0].self_attn.q_proj.weight.detach().numpy()).all()
+
+
+def test_bits_per_weight_of_the_int4_checkpoint(quantized_dir):
+    from ondevice.quantize import bits_per_weight
+
+    assert bits_per_weight(quantized_dir) == 4 + 32 / 32 + 4 / 32  # codes, an fp32 scale and a 4-bit zero point per 32
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_int8_modules_through_olive_passes(tiny_dir, tmp_path_factory, calib, algorithm):
+    """quantize.int8_modules for Olive's own passes (AWQ's: tests/test_families.py): those projections
+    are packed on the 8-bit grid, recorded as overrides, and counted in bits_per_weight."""
+    import json
+
+    out, metrics = run_quantize(tiny_dir, tmp_path_factory, calib, algorithm=algorithm, int8_modules=["down_proj"])
+    overrides = json.loads((out / "config.json").read_text())["quantization_config"]["overrides"]
+    assert {name: o["bits"] for name, o in overrides.items()} == {f"model.layers.{i}.mlp.down_proj": 8 for i in (0, 1)}
+    tensors = load_file(out / "model.safetensors")
+    down, up = tensors["model.layers.0.mlp.down_proj.qweight"], tensors["model.layers.0.mlp.up_proj.qweight"]
+    assert down.shape == (64, 128) and up.shape == (128, 32)  # one code per byte vs two
+    assert len(down.unique()) > 16  # really 8-bit codes
+    model = load_dequantized(out)
+    w, scales = model.model.layers[0].mlp.down_proj.weight, tensors["model.layers.0.mlp.down_proj.scales"]
+    steps = w.reshape(64, -1, 32) / scales.unsqueeze(-1)
+    assert (steps - steps.round()).abs().max() < 1e-3
+    attn, mlp_in, down_n = 2 * 64 * 64 + 2 * 64 * 32, 2 * 128 * 64, 64 * 128  # TINY's projections, per layer
+    expected = (5.125 * (attn + mlp_in) + (8 + 1 + 8 / 32) * down_n) / (attn + mlp_in + down_n)
+    assert metrics["int8_projections"] == 2
+    assert metrics["bits_per_weight"] == round(expected, 3)

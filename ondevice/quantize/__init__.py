@@ -19,6 +19,9 @@ from ondevice.text import render
 # Every algorithm writes 4-bit weights: MatMulNBits int4 is what the optimize stage builds and what
 # onnxruntime's CPU and CUDA kernels are fast at. Not a knob (#16: a knob with one allowed value).
 BITS = 4
+# The width of the projections `quantize.int8_modules` names (mixed precision): MatMulNBits' other
+# width, which onnxruntime runs on CPU (every accuracy level) and CUDA, at the same group size.
+INT8_BITS = 8
 
 def pick_device(device: str) -> str:
     if device == "auto":
@@ -59,6 +62,52 @@ def calibration_for(params: dict, base: Path, train_path: Path) -> torch.Tensor:
                            q["calibration_samples"], q["calibration_seq_len"], seed=params["data"]["seed"])
 
 
+def int8_names(float_dir: Path, modules: list[str]) -> list[str]:
+    """The full names of the decoder projections that `quantize.int8_modules` keeps at 8 bits, read
+    from the checkpoint's tensor names (no weights loaded); one line if the model has no such projection."""
+    import re
+
+    from safetensors import safe_open
+
+    from ondevice.atomic import UserError
+
+    names = set()
+    for file in sorted(Path(float_dir).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            names |= {k[: -len(".weight")] for k in f.keys() if re.search(r"\.layers\.\d+\..+_proj\.weight$", k)}
+    found = {m: sorted(n for n in names if n.rsplit(".", 1)[-1] == m) for m in modules}
+    missing = [m for m, hits in found.items() if not hits]
+    if missing:
+        kinds = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise UserError(f"params.yaml: quantize.int8_modules names {', '.join(missing)}, which this model does not "
+                        f"have; its decoder projections are {', '.join(kinds)}")
+    return sorted(n for hits in found.values() for n in hits)
+
+
+STORED_BITS = {"F32": 32, "I32": 32, "F16": 16, "BF16": 16, "U8": 8, "I8": 8}  # safetensors dtype -> bits
+
+
+def bits_per_weight(folder: Path) -> float:
+    """Storage bits per weight of the quantized projections: their integer codes, scales and zero
+    points over the weights they hold (4-bit codes at group 32 with fp32 scales: 5.125)."""
+    from safetensors import safe_open
+
+    qc = json.loads((Path(folder) / "config.json").read_text())["quantization_config"]
+    stored, weights = 0, 0
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                if not name.endswith((".qweight", ".scales", ".qzeros")):
+                    continue
+                t = f.get_slice(name)
+                rows, cols = t.get_shape()
+                stored += rows * cols * STORED_BITS[t.get_dtype()]
+                if name.endswith(".qweight"):  # uint8 codes packed along the columns
+                    bits = (qc.get("overrides") or {}).get(name[: -len(".qweight")], {}).get("bits", qc["bits"])
+                    weights += rows * cols * 8 // bits
+    return round(stored / weights, 3)
+
+
 def _olive_pass(float_dir: Path, pass_config: dict, work: Path) -> Path:
     from olive import run
 
@@ -92,14 +141,16 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     t0 = time.perf_counter()
     device = pick_device(q["device"])
     algo = q["algorithm"]
+    # mixed precision: Olive's per-module overrides, which its packing, our loader and the builder all read
+    overrides = {name: {"bits": INT8_BITS} for name in int8_names(float_dir, q["int8_modules"])}
     if algo == "rtn":
         produced = _olive_pass(float_dir, {"type": "Rtn", "bits": BITS, "group_size": q["group_size"],
-                                                    "sym": q["symmetric"]}, work)
+                                           "sym": q["symmetric"], "overrides": overrides}, work)
     elif algo == "gptq":
         calib_file = work / "calibration.json"
         _write_calibration_json(calib_file, calib)
         produced = _olive_pass(float_dir, {
-            "type": "Gptq", "bits": BITS, "group_size": q["group_size"], "sym": q["symmetric"],
+            "type": "Gptq", "bits": BITS, "group_size": q["group_size"], "sym": q["symmetric"], "overrides": overrides,
             "data_config": {
                 "name": "travel_calibration",
                 "type": "DataContainer",
@@ -119,10 +170,10 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
         model = AutoModelForCausalLM.from_pretrained(float_dir, dtype=torch.float32)
         if device == "cuda":
             model = model.to(torch.bfloat16)  # GPU path: bf16 activations, fp32 statistics
-        wrapper = awq(model, calib, AwqConfig.from_params(q), device=device)
+        wrapper = awq(model, calib, AwqConfig.from_params(q), device=device, int8=set(overrides))
         wrapper.model.to(torch.float32)
         qcfg = OliveHfQuantizationConfig(bits=BITS, symmetric=q["symmetric"], group_size=q["group_size"],
-                                         lm_head=False, embeds=False, overrides={})
+                                         lm_head=False, embeds=False, overrides=overrides)
         produced = work / "awq_model"
         finalize(HfModelHandler(model_path=str(float_dir)), str(produced), wrapper, qcfg, device)
     else:
@@ -142,7 +193,8 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return {"algorithm": algo, "seconds": round(seconds, 2), "device": device,
             "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": BITS,
-            "group_size": q["group_size"]}
+            "group_size": q["group_size"], "int8_projections": len(overrides),
+            "bits_per_weight": bits_per_weight(out_dir)}
 
 
 def ort_int4_fake_quant(weight: torch.Tensor, block_size: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ from olive.passes.pytorch.quant_utils import QuantInfo
 from torch import nn
 from tqdm.auto import tqdm
 
-from ondevice.quantize import BITS
+from ondevice.quantize import BITS, INT8_BITS
+from ondevice.quantize.gptq_round import gptq_round
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +93,18 @@ def output_error(w_q: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> floa
 
 
 @torch.no_grad()
-def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer: WeightQuantizer, grid: int,
+def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer_of, grid: int,
                  x_stat: torch.Tensor, expand=None, reduce=None) -> torch.Tensor:
-    """Grid-search the AWQ exponent a in s = x_stat^a for one group of linears sharing an input.
+    """Grid-search the AWQ exponent a in s = x_stat^a for one group of linears sharing an input,
+    each rounded on its own grid (quantizer_of: linear -> its WeightQuantizer; int8 ones differ).
 
     x_stat: per-channel mean |activation|; expand maps a scale vector onto the linears' input
     channels (GQA v->o, where one v channel feeds several query heads) and reduce maps back.
     """
     expand = expand or (lambda s: s)
     weights = [lin.weight.data.float() for lin in linears]
-    w_stat = weight_magnitude(weights, quantizer.group_size)
+    quantizers = [quantizer_of(lin) for lin in linears]
+    w_stat = weight_magnitude(weights, quantizers[0].group_size)
     if reduce is not None:
         w_stat = reduce(w_stat)
     best = (float("inf"), None)
@@ -116,7 +119,8 @@ def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer: Weight
             s = s.clamp(min=1e-4)
             s = s / (s.max() * s.min()).sqrt()
             s_in = expand(s)
-            err = sum(output_error(_fake_quant(w * s_in, quantizer) / s_in, w, gram) for w in weights)
+            err = sum(output_error(_fake_quant(w * s_in, qz) / s_in, w, gram)
+                      for w, qz in zip(weights, quantizers, strict=True))
             if err < best[0]:
                 best = (err, s.clone())
     return best[1]
@@ -174,10 +178,11 @@ def _kv_expand(num_heads: int, num_kv: int, head_dim: int):
 
 
 @torch.no_grad()
-def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: WeightQuantizer, heads: tuple[int, int, int]):
+def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer_of, heads: tuple[int, int, int]):
     """Scale, fold, clip and record quant params for one decoder layer.
 
-    stats[linear] = (gram, mean_abs) of that linear's input over the calibration tokens.
+    stats[linear] = (gram, mean_abs) of that linear's input over the calibration tokens;
+    quantizer_of(linear) = the grid it is rounded on (int4, or int8 for quantize.int8_modules).
     """
     num_heads, num_kv, head_dim = heads
     attn_in = layer_wrapper.get_attention_inputs(return_name=False)
@@ -207,7 +212,7 @@ def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: Weight
 
     # q/k/v (or fused qkv) read the first norm's output.
     gram, stat = stats[attn_in[0]]
-    s = search_scale(gram, attn_in, quantizer, grid, stat)
+    s = search_scale(gram, attn_in, quantizer_of, grid, stat)
     fold_into_norm(norm1, attn_in, s)
     for lin in attn_in:
         grams[lin] = rescaled(gram, s)
@@ -217,7 +222,7 @@ def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: Weight
     if len(attn_in) == 3 and attn_in[2].out_features * (num_heads // num_kv) == attn_out.in_features:
         v_proj = attn_in[2]
         expand, reduce = _kv_expand(num_heads, num_kv, head_dim)
-        s = search_scale(gram, [attn_out], quantizer, grid, reduce(stat), expand=expand, reduce=reduce)
+        s = search_scale(gram, [attn_out], quantizer_of, grid, reduce(stat), expand=expand, reduce=reduce)
         v_proj.weight.data /= s.to(v_proj.weight.dtype).unsqueeze(1)
         if v_proj.bias is not None:
             v_proj.bias.data /= s.to(v_proj.bias.dtype)
@@ -227,14 +232,14 @@ def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: Weight
 
     # gate/up (or fused gate_up) read the second norm's output.
     gram, stat = stats[mlp_in[0]]
-    s = search_scale(gram, mlp_in, quantizer, grid, stat)
+    s = search_scale(gram, mlp_in, quantizer_of, grid, stat)
     fold_into_norm(norm2, mlp_in, s)
     for lin in mlp_in:
         grams[lin] = rescaled(gram, s)
 
     # up -> down: up_proj's rows (or the up half of a fused gate_up_proj) produce down's input.
     gram, stat = stats[mlp_out]
-    s = search_scale(gram, [mlp_out], quantizer, grid, stat)
+    s = search_scale(gram, [mlp_out], quantizer_of, grid, stat)
     up = mlp_in[-1]
     rows = slice(up.out_features - mlp_out.in_features, up.out_features)
     up.weight.data[rows] /= s.to(up.weight.dtype).unsqueeze(1)
@@ -245,6 +250,7 @@ def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: Weight
 
     no_clip = set(attn_in[:2]) if len(attn_in) == 3 else set()  # q/k: clipping hurts attention scores
     for lin in [*attn_in, attn_out, *mlp_in, mlp_out]:
+        quantizer = quantizer_of(lin)
         if cfg.clip and lin not in no_clip:
             max_val = search_clip(lin.weight.data, grams[lin], quantizer, cfg.clip_grid, cfg.clip_max_shrink)
             _apply_clip(lin, max_val, quantizer.group_size)
@@ -253,40 +259,6 @@ def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer: Weight
             lin.weight.data = gptq_round(lin.weight.data.float(), grams[lin], scales, zero_points, quantizer,
                                          cfg.gptq_damp).to(lin.weight.dtype)
         lin.quant_info = QuantInfo(quantizer=quantizer, scales=scales, zero_points=zero_points)
-
-
-GPTQ_BLOCK = 128  # columns per lazy-batch update (the paper's B): speed only, same result
-
-
-@torch.no_grad()
-def gptq_round(w: torch.Tensor, gram: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
-               quantizer: WeightQuantizer, damp: float) -> torch.Tensor:
-    """GPTQ (Frantar et al., arXiv 2210.17323) on a fixed grid: round one input column at a time
-    and spread its rounding error over the columns not yet rounded, weighted by the inverse of the
-    input's Gram matrix, so the layer's output error (not each weight's) is what gets minimised.
-    The scales and zero points are AWQ's, so the result is on the grid Olive packs: dequantized
-    values that its packing rounds back to the same integers."""
-    out_f, in_f = w.shape
-    gs = quantizer.group_size
-    h = gram.clone().double()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1
-    h += damp * torch.diag(h).mean() * torch.eye(in_f, dtype=h.dtype, device=h.device)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    w = w.clone().double()
-    s, z = scales.double().reshape(out_f, -1), zero_points.double().reshape(out_f, -1)
-    out = torch.empty_like(w)
-    for b0 in range(0, in_f, GPTQ_BLOCK):  # columns in blocks: the update of the columns after a
-        b1 = min(b0 + GPTQ_BLOCK, in_f)     # block is one matmul, not one pass per column
-        errs = torch.empty(out_f, b1 - b0, dtype=w.dtype, device=w.device)
-        for j in range(b0, b1):
-            g = j // gs
-            q = torch.clamp(torch.round(w[:, j] / s[:, g]) + z[:, g], quantizer.minq, quantizer.maxq)
-            out[:, j] = (q - z[:, g]) * s[:, g]
-            errs[:, j - b0] = (w[:, j] - out[:, j]) / hinv[j, j]
-            w[:, j + 1:b1] -= errs[:, j - b0, None] * hinv[j, j + 1:b1][None, :]
-        w[:, b1:] -= errs @ hinv[b0:b1, b1:]
-    return out.float()
 
 
 def record_input_stats(layer: nn.Module, stats: dict) -> list:
@@ -300,9 +272,17 @@ def record_input_stats(layer: nn.Module, stats: dict) -> list:
 
 
 @torch.no_grad()
-def awq(model, input_ids: torch.Tensor, cfg: AwqConfig, device: str = "cpu") -> ModelWrapper:
-    """Run AWQ over all decoder layers in place; returns the Olive wrapper with quant_info attached."""
-    quantizer = WeightQuantizer(bits=cfg.bits, symmetric=cfg.symmetric, group_size=cfg.group_size)
+def awq(model, input_ids: torch.Tensor, cfg: AwqConfig, device: str = "cpu",
+        int8: set[str] = frozenset()) -> ModelWrapper:
+    """Run AWQ over all decoder layers in place; returns the Olive wrapper with quant_info attached.
+    int8: full names of the linears rounded on the 8-bit grid (same group size and symmetry)."""
+    int4_grid = WeightQuantizer(bits=cfg.bits, symmetric=cfg.symmetric, group_size=cfg.group_size)
+    int8_grid = WeightQuantizer(bits=INT8_BITS, symmetric=cfg.symmetric, group_size=cfg.group_size)
+    names = {module: name for name, module in model.named_modules()}
+
+    def quantizer_of(linear):
+        return int8_grid if names[linear] in int8 else int4_grid
+
     model.eval()
     wrapper = ModelWrapper.from_model(model)
     heads = (wrapper.num_attention_heads, wrapper.num_key_value_heads, wrapper.head_dim)
@@ -321,6 +301,6 @@ def awq(model, input_ids: torch.Tensor, cfg: AwqConfig, device: str = "cpu") -> 
             h.remove()
         # Float outputs are unchanged by scaling, so the next layer's inputs come from this pass.
         hidden = out[0] if isinstance(out, tuple) else out
-        quantize_layer(layer_wrapper, cfg, stats, quantizer, heads)
+        quantize_layer(layer_wrapper, cfg, stats, quantizer_of, heads)
         layer.to("cpu")
     return wrapper
