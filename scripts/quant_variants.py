@@ -81,8 +81,8 @@ def main(params_path, variants, base, shipped, prepared, held_out, shipped_onnx,
             if decode:  # the ONNX model this checkpoint ships as, at the shipped level
                 onnx = builds[name] = Path(tmp) / f"onnx{len(builds)}"
                 onnx.mkdir()
-                optimize(folder, onnx, {**params["optimize"], "int4_accuracy_level": level}, Path(tmp) / "work")
-                records[name].update(model_mb=round(sum(p.stat().st_size for p in onnx.glob("model.onnx*")) / 1e6, 2),
+                built = optimize(folder, onnx, {**params["optimize"], "int4_accuracy_level": level}, Path(tmp) / "work")
+                records[name].update(model_mb=built["model_mb"],
                                      weight_mb_per_token=round(weight_bytes_per_token(onnx) / 1e6, 2),
                                      accuracy_level=level)
         # Rounds over all variants, one child process each: the box drifts, so no variant gets all the quiet.
