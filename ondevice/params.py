@@ -56,6 +56,8 @@ class Quantize(Section):
     awq_gptq: bool
     awq_gptq_damp: Annotated[float, span(0.0, 10.0)]
     head_block_size: GroupSize
+    head_gptq: bool  # awq / gptq: the head rounded by GPTQ on the int4 decoder's output (rtn: to nearest)
+    head_gptq_damp: Annotated[float, span(0.0, 10.0)]
     int8_modules: list[LoraTarget]  # decoder projections kept at 8 bits (MatMulNBits bits=8); [] = all int4
     device: Device
     calibration: str

@@ -21,7 +21,7 @@ TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_
             eos_token_id=2, pad_token_id=2, rms_norm_eps=1e-5)
 QUANT = dict(algorithm="awq", group_size=32, symmetric=False, calibration_samples=32, calibration_seq_len=64,
              awq_grid=10, awq_clip=True, awq_clip_grid=20, awq_clip_max_shrink=0.5, awq_gptq=True,
-             awq_gptq_damp=0.1, head_block_size=32, int8_modules=[], device="cpu")
+             awq_gptq_damp=0.1, head_block_size=32, head_gptq=True, head_gptq_damp=0.1, int8_modules=[], device="cpu")
 AWQ_NO_CLIP = dict(group_size=32, symmetric=False, grid=10, clip=False, clip_grid=20, clip_max_shrink=0.5,
                    gptq=False, gptq_damp=0.1)  # AwqConfig
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,

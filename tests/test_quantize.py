@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from conftest import AWQ_NO_CLIP, run_quantize
 from ondevice.quantize import awq as A
 from ondevice.quantize import gptq_round as G
-from ondevice.quantize import load_dequantized, ort_int4_fake_quant
+from ondevice.quantize import load_dequantized
+from ondevice.quantize.head import ort_int4_fake_quant
 
 
 def test_gram_error_equals_direct_output_error():
@@ -90,6 +91,38 @@ def test_awq_output_is_olive_format_on_the_int4_grid(quantized_dir):
     # the head is rounded onto onnxruntime's int4 grid already: rounding again changes nothing
     head = model.lm_head.weight
     torch.testing.assert_close(ort_int4_fake_quant(head, 32), head, rtol=0, atol=1e-6)
+
+
+def test_head_gptq_keeps_the_builders_grid_and_cuts_the_output_error():
+    """quantize.head_gptq: the head rounded by GPTQ on onnxruntime's symmetric grid. The builder
+    re-rounds it to itself (each block's largest weight kept), and the output error under the
+    input's Gram matrix is well below rounding to nearest."""
+    from ondevice.quantize.head import head_gptq
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 64, generator=g) @ torch.randn(64, 64, generator=g)  # correlated channels
+    gram = x.T @ x / x.shape[0]
+    w = torch.randn(96, 64, generator=g)
+    nearest, rounded = ort_int4_fake_quant(w, 32), head_gptq(w, gram, 32, 0.1)
+
+    def err(v):
+        return float(((v - w) @ gram * (v - w)).sum())
+
+    assert torch.equal(ort_int4_fake_quant(rounded, 32), rounded)  # bit-equal after the builder
+    assert not torch.equal(rounded, nearest)
+    assert err(rounded) < 0.8 * err(nearest), (err(rounded), err(nearest))
+
+
+def test_head_is_gptq_rounded_for_awq_and_nearest_for_rtn(tiny_dir, tmp_path_factory, calib, quantized_dir):
+    """rtn stays calibration-free (the reference baseline); awq's head differs from nearest, on the same grid."""
+    from transformers import AutoModelForCausalLM
+
+    float_head = AutoModelForCausalLM.from_pretrained(tiny_dir).lm_head.weight.detach()
+    rtn_dir, _ = run_quantize(tiny_dir, tmp_path_factory, calib, algorithm="rtn")
+    assert torch.equal(load_dequantized(rtn_dir).lm_head.weight, ort_int4_fake_quant(float_head, 32))
+    awq_head = load_dequantized(quantized_dir).lm_head.weight.detach()
+    assert not torch.equal(awq_head, ort_int4_fake_quant(float_head, 32))
+    assert torch.equal(ort_int4_fake_quant(awq_head, 32), awq_head)
 
 
 def test_awq_beats_rtn_on_calibration_error(tiny_dir, tmp_path_factory, calib, quantized_dir):

@@ -1,9 +1,10 @@
-"""The quantize step: float HF folder -> Olive `olive`-format 4-bit checkpoint.
+"""The quantize step: float HF folder -> Olive `olive`-format int4 checkpoint (int8 where
+`int8_modules` says so).
 
 rtn and gptq run Olive's own passes through its Python API (`olive.run`); awq runs our AWQ
 (ondevice.quantize.awq) on Olive's layer-wise utilities and writes with Olive's `finalize`.
-Whatever the algorithm, the tied embedding / lm_head is rounded here too (RTN, same grid as the
-ONNX builder uses for it), so the checkpoint holds every weight exactly as it will ship.
+Whatever the algorithm, the embedding / lm_head is rounded here too, on the grid the ONNX builder
+gives it (ondevice.quantize.head), so the checkpoint holds every weight exactly as it will ship.
 """
 from __future__ import annotations
 
@@ -178,15 +179,17 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
         finalize(HfModelHandler(model_path=str(float_dir)), str(produced), wrapper, qcfg, device)
     else:
         raise ValueError(algo)
-    seconds = time.perf_counter() - t0
-
     for item in produced.iterdir():
         if item.is_file():
             shutil.copy2(item, out_dir / item.name)
     from ondevice.model_source import copy_tokenizer
+    from ondevice.quantize.head import head_input_gram, round_head
 
     copy_tokenizer(float_dir, out_dir)
-    round_head(out_dir, q["head_block_size"])
+    # rtn stays calibration-free (the reference stage's baseline): its head is rounded to nearest
+    head_gram = head_input_gram(out_dir, calib, device) if q["head_gptq"] and algo != "rtn" else None
+    round_head(out_dir, q["head_block_size"], head_gram, q["head_gptq_damp"])
+    seconds = time.perf_counter() - t0
     config = json.loads((out_dir / "config.json").read_text())
     config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register
     config["quantization_config"]["head_block_size"] = q["head_block_size"]  # the block optimize packs the head in
@@ -195,41 +198,6 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
             "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": BITS,
             "group_size": q["group_size"], "int8_projections": len(overrides),
             "bits_per_weight": bits_per_weight(out_dir)}
-
-
-def ort_int4_fake_quant(weight: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Round a [out, in] weight exactly as onnxruntime's MatMulNBits quantizer does (symmetric int4,
-    the builder's default for tensors it quantizes itself) and return the dequantized floats."""
-    import numpy as np
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
-
-    w = np.ascontiguousarray(weight.detach().float().numpy().T)  # [K, N] as the quantizer expects
-    k, n = w.shape
-    blocks = (k + block_size - 1) // block_size
-    packed = np.zeros((n, blocks, block_size // 2), dtype=np.uint8)
-    scales = np.zeros((n, blocks), dtype=np.float32)
-    zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
-    quantize_matmul_4bits(packed, w, scales, zero_points, block_size, n, k, True)
-    q = np.stack([packed & 15, packed >> 4], -1).reshape(n, blocks, block_size).astype(np.float32)
-    deq = (q - 8.0) * scales[:, :, None]
-    return torch.from_numpy(deq.reshape(n, blocks * block_size)[:, :k].copy())
-
-
-def round_head(folder: Path, block_size: int) -> None:
-    """Put the float (tied) embedding / lm_head on the int4 grid the ONNX builder will give it.
-
-    The builder quantizes what the checkpoint left in float (the head) with onnxruntime's RTN at
-    `block_size`; a weight already on that grid re-quantizes to itself, so training, evaluation
-    and the shipped model all see one and the same head (and the tied int4 embedding).
-    """
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "model.safetensors"
-    tensors = load_file(path)
-    for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        if name in tensors and tensors[name].shape[1] % block_size == 0:
-            tensors[name] = ort_int4_fake_quant(tensors[name], block_size).contiguous()
-    save_file(tensors, path, metadata={"format": "pt"})
 
 
 @torch.no_grad()
