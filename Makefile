@@ -25,6 +25,10 @@ setup: $(BIN)/activate  ## create .venv and install the pinned dependencies (CPU
 repro:  ## run the pipeline (`dvc repro`); reruns only what changed; stage times -> metrics/repro.json
 	PATH=$(BIN):$$PATH $(PY) scripts/timed_repro.py $(ARGS)
 
+.PHONY: plots
+plots:  ## dvc plots show, viewable offline (vendored vega, .dvc/plots/offline) -> dvc_plots/index.html
+	$(BIN)/dvc plots show $(ARGS)
+
 test:  ## the default test suite (CI runs this; under ~20 min on 2 cores)
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q $(ARGS)
 

@@ -63,7 +63,29 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Metrics as DVC reads them. A NaN or infinity is refused, never written as a number: a run that
+    produced one has a broken model or adapter somewhere, and must not ship (register reads these)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        key = _non_finite_key(obj)
+        raise UserError(f"{path}: {key} is not a finite number; nothing was written. A model or adapter scored "
+                        "there is broken (a NaN loss or logits): rerun the stage that built it") from None
+    write_text(path, text + "\n")
+
+
+def _non_finite_key(obj, prefix: str = "") -> str | None:
+    """The dotted path of the first NaN / infinity in nested dicts and lists."""
+    import math
+
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    for k, v in items:
+        path = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            return path
+        if (found := _non_finite_key(v, path)) is not None:
+            return found
+    return None
 
 
 def free_bytes(path: str | os.PathLike) -> int:

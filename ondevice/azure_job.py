@@ -10,6 +10,10 @@ beside local runs; `dvc exp apply NAME && dvc pull -r REMOTE` brings its model h
 No secret is in the spec: the workspace comes from params/environment (ondevice.azure.workspace),
 credentials from DefaultAzureCredential, and the job reaches the blob remote as its compute's
 managed identity.
+
+`--dry-run` is how a user learns what to set up: it never stops at a missing setting (Gaps), prints
+the specs with a marked placeholder where a value is missing, then the list of what a real
+submission still needs; a real submission refuses at the first missing thing, in one line.
 """
 from __future__ import annotations
 
@@ -41,12 +45,45 @@ def git(repo: Path, *args: str) -> str:
     return out.stdout
 
 
-def settings(params: dict, environ=os.environ) -> dict:
+def placeholder(what: str) -> str:
+    """The one marker a dry run puts in a spec where a setting is missing."""
+    return f"<{what}: not set>"
+
+
+class Gaps:
+    """What a real submission still lacks. Strict (a real run): each check's one-line error is raised
+    at once, before any Azure call. Not strict (a dry run): the line is kept for the closing list and
+    the run goes on with a placeholder, so one dry run shows everything there is to set up."""
+
+    def __init__(self, strict: bool):
+        self.strict, self.lines = strict, []
+
+    def missing(self, error: UserError, instead: str = "") -> str:
+        if self.strict:
+            raise error
+        self.lines.append(str(error))
+        return instead
+
+    def check(self, call, instead=None):
+        """call(), or `instead` when it raises a UserError (recorded) in a dry run."""
+        try:
+            return call()
+        except UserError as e:
+            return self.missing(e, instead)
+
+    def report(self) -> str:
+        """The closing list, as YAML comments: the dry run's output still loads as YAML."""
+        return "\n".join(["# missing before a real submission:", *(f"#   - {line}" for line in self.lines)])
+
+
+def settings(params: dict, environ=os.environ, gaps: Gaps | None = None) -> dict:
     """params.yaml azure_job, with the compute cluster from $AZUREML_COMPUTE where params leave it empty."""
     cfg = dict(params["azure_job"])
     cfg["compute"] = cfg["compute"] or environ.get(COMPUTE_ENV, "")
     if not cfg["compute"]:
-        raise UserError(f"no Azure ML compute cluster: set azure_job.compute in params.yaml or ${COMPUTE_ENV}")
+        cfg["compute"] = (gaps or Gaps(strict=True)).missing(
+            UserError(f"no Azure ML compute cluster: set azure_job.compute in params.yaml or ${COMPUTE_ENV}"),
+            placeholder(COMPUTE_ENV))
     if not all(isinstance(s, str) and s for s in cfg["stages"]):
         raise UserError(f"params.yaml: azure_job.stages={cfg['stages']!r} must list stage names, "
                         "e.g. [finetune@travel]")
@@ -185,6 +222,25 @@ def git_identity(repo: Path) -> dict:
 
     name, email = get("user.name", "ondevice azure-job"), get("user.email", "azure-job@ondevice.invalid")
     return {f"GIT_{who}_{k}": v for who in ("AUTHOR", "COMMITTER") for k, v in (("NAME", name), ("EMAIL", email))}
+
+
+def local_credentials(environ=os.environ) -> None:
+    """A dry run's look for a DefaultAzureCredential source without asking Azure: a service principal or
+    workload identity in the environment, a managed-identity endpoint, or an `az login` profile. Only a
+    dry run uses it: an Azure VM's metadata identity cannot be seen from here, and a real run asks Azure."""
+    if any(environ.get(k) for k in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT")) or (
+            environ.get("AZURE_CLIENT_ID") and environ.get("AZURE_TENANT_ID") and any(
+                environ.get(k) for k in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+                                         "AZURE_FEDERATED_TOKEN_FILE"))):
+        return
+    config = Path(environ.get("AZURE_CONFIG_DIR") or Path(environ.get("HOME") or "~").expanduser() / ".azure")
+    try:  # `az login` lists its subscriptions there; `az logout` empties the list
+        if json.loads((config / "azureProfile.json").read_text(encoding="utf-8-sig")).get("subscriptions"):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise UserError("no Azure credentials found here (looked for locally, Azure not asked); run `az login` or set "
+                    "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET")
 
 
 def check_target(ml_client, ws: dict, compute: str) -> None:

@@ -28,16 +28,17 @@ def torch_loss(model, examples: list[dict]) -> dict:
     return mean_loss(total, count)
 
 
-def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, prompts: list[str], template: str,
-             tokenizer, max_new_tokens: int) -> list[str]:
-    """Greedy answers through onnxruntime-genai, the way the chat client runs them."""
+def generate(onnx_dir: Path, adapter_path: Path | None, adapter_name: str, histories: list[list[dict]],
+             template: str, tokenizer, max_new_tokens: int) -> list[str]:
+    """Greedy answers to each conversation's last user turn through onnxruntime-genai, the way the chat
+    client runs them."""
     from ondevice.runtime import kv_capacity_floor, open_model, stream_answer
-    from ondevice.text import render
+    from ondevice.text import prompt_text
 
     model, og_tok, adapters = open_model(onnx_dir, {adapter_name: adapter_path} if adapter_path else None)
     floor, answers = kv_capacity_floor(onnx_dir), []
-    for prompt in prompts:
-        ids = og_tok.encode(render(tokenizer, template, prompt)[0])
+    for history in histories:
+        ids = og_tok.encode(prompt_text(tokenizer, template, history))
         answer = "".join(stream_answer(model, og_tok, adapters, adapter_name, ids, max_new_tokens, floor))
         answers.append(answer.replace("<|im_end|>", "").strip())
     return answers

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ondevice.atomic import UserError
 from ondevice.quantize import load_dequantized, pick_device
 from ondevice.text import IGNORE, collate, encode_example
 
@@ -111,6 +112,10 @@ def train(base_dir, tokenizer, train_rows: list[dict], p: dict, log=None,
             group["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
             loss = response_loss(model, batch)
+        if not torch.isfinite(loss):  # one NaN step poisons every weight after it: such an adapter must never ship
+            raise UserError(f"the LoRA loss is {loss.item()} at step {step}; no adapter was written. Lower the "
+                            f"learning rate (lr={p['lr']}) or check the data: a batch whose rows have no response "
+                            "token within seq_len has no loss (the data stage drops such rows)")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()

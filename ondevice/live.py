@@ -29,8 +29,13 @@ def _live_class():
 
 @contextmanager
 def live(directory: Path | str):
-    with _live_class()(dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as session:
-        yield session
+    """A DVCLive session writing into a temp dir that replaces `directory` only when the block ends
+    without error: a stage that stops (a NaN loss, Ctrl-C) leaves the previous complete log."""
+    from ondevice.atomic import atomic_dir
+
+    with atomic_dir(directory) as tmp:
+        with _live_class()(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None) as session:
+            yield session
 
 
 def log_summary(directory: Path | str, values: dict) -> None:

@@ -60,8 +60,25 @@ def resolve(source: str, params: dict | None = None) -> tuple[str, dict]:
         path = path.expanduser()
         if not (path / "config.json").exists():
             raise UserError(f"model.source={source}: no config.json there; give a Hugging Face model folder")
+        check_safetensors(path, source)
         return str(path), {}
     return source, {}
+
+
+def check_safetensors(folder: Path, source: str) -> None:
+    """Every *.safetensors in a local folder opens: safe_open reads only the header, and checks that
+    the tensors it lists cover the file exactly, so a cut-off copy or download fails here in one line,
+    before the model stage loads anything (transformers would fail mid-load, in a traceback)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "numpy"):
+                pass
+        except SafetensorError as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(f"model.source={source}: {file.name} is cut off or damaged ({why}); "
+                            "download or copy it again") from None
 
 
 def local_gguf(source: str) -> tuple[str, dict]:

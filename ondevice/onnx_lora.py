@@ -189,10 +189,29 @@ def write_adapter(path: Path, arrays: dict) -> None:
     fmt.export_adapter(str(path))
 
 
+def bad_adapter(path: Path, error: Exception):
+    """The UserError for an adapter file onnxruntime refused (a cut-off download, or no file at all):
+    one line naming the file and the stage that rebuilds it. onnxruntime's message is
+    `<source>:<line> <C++ signature> <explanation>`: only the explanation is kept."""
+    from ondevice.atomic import UserError
+
+    name = Path(path).name.removesuffix(".onnx_adapter")
+    if not Path(path).is_file():
+        return UserError(f"{path} missing; run `dvc repro adapter@{name}`")
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    why = text.rsplit(") ", 1)[-1].strip()[:160]
+    return UserError(f"{path} is not a valid .onnx_adapter ({why}); rebuild it with `dvc repro adapter@{name}` "
+                     "or download it again")
+
+
 def read_adapter(path: Path) -> dict:
+    """An .onnx_adapter's tensors by name; a file onnxruntime cannot read is a UserError naming it."""
     import onnxruntime as ort
 
-    fmt = ort.AdapterFormat.read_adapter(str(path))
+    try:
+        fmt = ort.AdapterFormat.read_adapter(str(path))
+    except RuntimeError as e:  # onnxruntime's flatbuffer verification, or no such file
+        raise bad_adapter(path, e) from None
     # The OrtValues view memory owned by `fmt`: copy while it is alive, or the arrays dangle.
     arrays = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
     del fmt

@@ -15,8 +15,9 @@ LEVEL_RECORD = "accuracy_level.json"  # in the model folder: optimize's choice a
 
 
 def mean_loss(total: float, count: int) -> dict:
-    loss = total / max(count, 1)
-    return {"loss": round(loss, 5), "perplexity": round(math.exp(loss), 4), "tokens": count}
+    loss = total / count if count else math.nan  # no token scored is no loss, not a loss of 0 (write_json refuses it)
+    perplexity = math.exp(loss) if loss < 700 else math.inf  # (math.exp overflows past ~709)
+    return {"loss": round(loss, 5), "perplexity": round(perplexity, 4), "tokens": count}
 
 
 def level_record(onnx_dir: Path) -> dict:

@@ -6,16 +6,29 @@ decoded through tokenizer.create_stream().
 """
 from __future__ import annotations
 
+import json
+import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+
+from ondevice.atomic import UserError
+
+# og.Model -> its context_length (prompt and answer together), noted by open_model: og.Model does not
+# tell it, and a generator asked for more fails only at og.Generator, in a traceback.
+_CONTEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def genai_model_config(model_dir: Path) -> dict:
+    """The "model" section of a model folder's genai_config.json."""
+    return json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
 
 
 def open_model(model_dir: Path, adapters: dict[str, Path] | None = None, threads: int = 0, **session_options):
     """Load the model, its tokenizer and any adapters (name -> .onnx_adapter path); `threads` and
-    `session_options` override the decoder's session options in genai_config.json."""
-    import json
-
+    `session_options` override the decoder's session options in genai_config.json.
+    An adapter file onnxruntime cannot read (a cut-off download) is a UserError naming it."""
     from ondevice.cuda_check import model_providers, require_cuda_provider
 
     if "cuda" in model_providers(model_dir, session_options):  # on the GPU or not at all: no silent CPU fall-back
@@ -30,11 +43,17 @@ def open_model(model_dir: Path, adapters: dict[str, Path] | None = None, threads
     if session_options:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
     model = og.Model(config)
+    _CONTEXT[model] = int(genai_model_config(model_dir).get("context_length") or 0)
     loaded = None
     if adapters:
         loaded = og.Adapters(model)
         for name, path in adapters.items():
-            loaded.load(str(path), name)
+            try:
+                loaded.load(str(path), name)
+            except RuntimeError as e:  # onnxruntime's flatbuffer verification, or no such file
+                from ondevice.onnx_lora import bad_adapter
+
+                raise bad_adapter(path, e) from None
     return model, og.Tokenizer(model), loaded
 
 
@@ -45,14 +64,32 @@ def kv_capacity_floor(model_dir: Path) -> int:
     ("KV cache capacity (N) must be at least local_window_size"), and onnxruntime-genai sizes that
     buffer from max_length, so a short answer to a short prompt would fail on Gemma 3 / Mistral.
     """
-    import json
-
-    model = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
+    model = genai_model_config(model_dir)
     window = int((model["decoder"].get("sliding_window") or {}).get("window_size") or 0)
     # Phi-3.5-mini's window (262,144) is past its context (131,072): no window at all, and a floor
     # that large would both exceed max_length's limit and allocate a 51 GB KV cache.
     context = int(model.get("context_length") or 0)
     return window if not context or window < context else 0
+
+
+def fit_context(model, prompt_tokens: int, max_new_tokens: int, exact: bool = False) -> int:
+    """How many new tokens a request may have: max_new_tokens, or what the model's context (prompt and
+    answer together, genai_config.json's context_length) leaves after the prompt, with a warning on
+    stderr. A prompt that leaves no room, or an exact count (the benchmark) that does not fit, is a
+    UserError. A model that open_model did not open is not checked (onnxruntime-genai still is)."""
+    context = _CONTEXT.get(model, 0)
+    if not context or prompt_tokens + max_new_tokens <= context:
+        return max_new_tokens
+    if prompt_tokens >= context:
+        raise UserError(f"prompt is {prompt_tokens} tokens, and the model's context of {context} tokens must hold "
+                        f"the prompt and the answer; shorten the prompt to fewer than {context} tokens")
+    if exact:
+        raise UserError(f"prompt is {prompt_tokens} tokens; with {max_new_tokens} new tokens that passes the "
+                        f"model's context of {context} tokens; shorten the prompt or ask for fewer new tokens")
+    room = context - prompt_tokens
+    print(f"warning: prompt is {prompt_tokens} tokens; the model's context of {context} tokens leaves room for "
+          f"{room} of the {max_new_tokens} new tokens asked, so the answer may stop short", file=sys.stderr)
+    return room
 
 
 def new_generator(model, adapters, adapter_name: str | None, total_tokens: int, capacity_floor: int = 0,
@@ -83,7 +120,9 @@ def decode(generator, prompt_ids, max_new_tokens: int) -> Iterator[int]:
 def generate(model, adapters, adapter_name: str | None, prompt_ids, max_new_tokens: int,
              capacity_floor: int = 0, exact: bool = False) -> Iterator[int]:
     """A greedy answer as token ids (exact: exactly max_new_tokens, as the benchmark needs).
-    capacity_floor: the model's sliding window (kv_capacity_floor), the least max_length."""
+    capacity_floor: the model's sliding window (kv_capacity_floor), the least max_length.
+    A request past the model's context is cut or refused (fit_context) before anything runs."""
+    max_new_tokens = fit_context(model, len(prompt_ids), max_new_tokens, exact)
     generator = new_generator(model, adapters, adapter_name, len(prompt_ids) + max_new_tokens, capacity_floor, exact)
     yield from decode(generator, prompt_ids, max_new_tokens)
 

@@ -13,6 +13,7 @@ from ondevice.cli import params_option, stage
 from ondevice.cuda_check import model_providers, require_cuda_provider
 from ondevice.live import log_summary
 from ondevice.model_source import EMBEDDED, embedded_gguf
+from ondevice.onnx_lora import read_adapter
 
 
 def llama_cpp_gguf(params: dict) -> Path | None:
@@ -40,9 +41,8 @@ def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir, live_dir
     params = P.load(params_path)
     gguf = llama_cpp_gguf(params)
     adapters = {n: Path(adapters_dir) / f"{n}.onnx_adapter" for n in params["adapters"]}
-    for name, path in adapters.items():
-        if not path.exists():
-            raise UserError(f"{path} missing; run `dvc repro adapter@{name}`")
+    for path in adapters.values():  # a missing or cut-off file fails here in one line, before any timing
+        read_adapter(path)
     if "cuda" in model_providers(Path(onnx_dir)):  # a CUDA build is measured on the GPU, or not at all
         require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
         result, plots = benchmark_cuda(Path(onnx_dir), adapters, Path(base), params["benchmark"])

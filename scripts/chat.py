@@ -22,22 +22,22 @@ def adapter_template(params_path: Path, adapter: str | None) -> str:
         else params["finetune"]["template"]
 
 
-def prompt_text(tokenizer, model_dir: Path, template: str, prompt: str) -> str:
-    """The prompt as training rendered it (ondevice.text.render): the chat template, or the string one."""
+def prompt_text(tokenizer, model_dir: Path, template: str, messages: list[dict]) -> str:
+    """The conversation as training rendered it (ondevice.text.segments): the chat template, or the string one."""
     if template != "chat":
-        from ondevice.text import render
+        from ondevice.text import prompt_text as rendered
 
-        return render(None, template, prompt)[0]
-    return chat_prompt(tokenizer, model_dir, prompt)
+        return rendered(None, template, messages)
+    return chat_prompt(tokenizer, model_dir, messages)
 
 
-def chat_prompt(tokenizer, model_dir: Path, prompt: str) -> str:
-    """Render the user turn with the model's own chat template (as in training)."""
+def chat_prompt(tokenizer, model_dir: Path, messages: list[dict]) -> str:
+    """Render the turns with the model's own chat template (as in training), through onnxruntime-genai's
+    tokenizer: the client needs neither transformers nor torch."""
     template_file = model_dir / "chat_template.jinja"
     config = json.loads((model_dir / "tokenizer_config.json").read_text())
     template = config.get("chat_template") or (template_file.read_text() if template_file.exists() else None)
-    messages = json.dumps([{"role": "user", "content": prompt}])
-    return tokenizer.apply_chat_template(messages, template_str=template, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(json.dumps(messages), template_str=template, add_generation_prompt=True)
 
 
 @click.command()
@@ -47,10 +47,11 @@ def chat_prompt(tokenizer, model_dir: Path, prompt: str) -> str:
               type=click.Path(file_okay=False), help="folder of NAME.onnx_adapter files")
 @click.option("--adapter", default="none", show_default=True, help="which adapter serves the answer, or none")
 @click.option("--max-new-tokens", default=200, show_default=True)
+@click.option("--system", default=None, help="a system prompt before the question (as in chat-format training data)")
 @click.option("--template", default=None, help="prompt template; default: the adapter's in --params (else chat)")
 @click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
 @stage
-def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens, template, params_path):
+def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens, system, template, params_path):
     from ondevice.runtime import kv_capacity_floor, open_model, stream_answer
 
     model_dir = Path(model_dir)
@@ -67,7 +68,8 @@ def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens, template, par
             raise click.ClickException(f"no adapter {name!r} in {adapters_dir}; known: {', '.join(known + ['none'])}")
     model, tokenizer, adapters = open_model(model_dir, {name: path} if name else None)
     template = template or adapter_template(Path(params_path), name)
-    ids = tokenizer.encode(prompt_text(tokenizer, model_dir, template, prompt))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    ids = tokenizer.encode(prompt_text(tokenizer, model_dir, template, messages))
     for piece in stream_answer(model, tokenizer, adapters, name, ids, max_new_tokens, kv_capacity_floor(model_dir)):
         click.echo(piece, nl=False)
     click.echo()

@@ -12,7 +12,7 @@ from ondevice import params as P
 from ondevice import threads
 from ondevice.atomic import UserError, write_json, write_text
 from ondevice.cli import params_option, stage
-from ondevice.data import read_jsonl
+from ondevice.data import conversation, read_jsonl
 from ondevice.evaluate import encode_rows, float_lora_gap, generate, headline, score_matrix
 from ondevice.live import log_summary
 from ondevice.onnx_lora import read_adapter
@@ -38,11 +38,10 @@ def main(params_path, base, quantized, references, float_loras, onnx_dir, adapte
     params = P.load(params_path)
     e, names = params["evaluate"], list(params["adapters"])
     paths = {n: Path(adapters_dir) / f"{n}.onnx_adapter" for n in names}
-    for name, path in paths.items():
-        if not path.exists():
-            raise UserError(f"{path} missing; run `dvc repro adapter@{name}`")
+    for name in names:
         if not (Path(float_loras) / name / "adapter_config.json").exists():
             raise UserError(f"{Path(float_loras) / name} missing; run `dvc repro float_lora@{name}`")
+    arrays = {n: read_adapter(p) for n, p in paths.items()}  # a missing or cut-off file fails here, before any work
     configs = {n: P.adapter_config(params, n) for n in names}
     tokenizer = AutoTokenizer.from_pretrained(base)
     rows = {n: read_jsonl(Path(prepared) / n / "eval.jsonl")[: e["max_rows"]] for n in names}
@@ -56,7 +55,6 @@ def main(params_path, base, quantized, references, float_loras, onnx_dir, adapte
         if folder.name != qc.get("algorithm"):  # quantizations, scored beside ours
             models[f"{folder.name}_reference_torch"] = lambda folder=folder: load_dequantized(folder, device=device)
     scorer = OnnxScorer(Path(onnx_dir), threads.count())  # a queued sweep's share of the cores, else all
-    arrays = {n: read_adapter(p) for n, p in paths.items()}
     result = {"quantization": {"algorithm": qc.get("algorithm", "unknown"), "bits": qc["bits"],
                                "group_size": qc["group_size"]},
               **score_matrix(models, scorer, examples, arrays)}
@@ -77,13 +75,13 @@ def main(params_path, base, quantized, references, float_loras, onnx_dir, adapte
 
     lines = ["# Sample answers (greedy, shipped int4 ONNX model)\n"]
     for split in names:
-        shown = rows[split][: e["generate_rows"]]
-        prompts, template = [r["prompt"] for r in shown], configs[split]["template"]
-        plain = generate(Path(onnx_dir), None, split, prompts, template, tokenizer, e["max_new_tokens"])
-        tuned = generate(Path(onnx_dir), paths[split], split, prompts, template, tokenizer, e["max_new_tokens"])
+        shown = [conversation(r) for r in rows[split][: e["generate_rows"]]]  # answer each one's last turn
+        histories, template = [c[:-1] for c in shown], configs[split]["template"]
+        plain = generate(Path(onnx_dir), None, split, histories, template, tokenizer, e["max_new_tokens"])
+        tuned = generate(Path(onnx_dir), paths[split], split, histories, template, tokenizer, e["max_new_tokens"])
         lines.append(f"# {split} eval split\n")
-        for row, a, b in zip(shown, plain, tuned, strict=True):
-            lines += [f"## {row['prompt']}\n", f"- **reference:** {row['response']}",
+        for chat, a, b in zip(shown, plain, tuned, strict=True):
+            lines += [f"## {chat[-2]['content']}\n", f"- **reference:** {chat[-1]['content']}",
                       f"- **int4 base:** {a}", f"- **int4 base + {split} adapter:** {b}\n"]
     write_text(samples, "\n".join(lines) + "\n")
     for split in names:

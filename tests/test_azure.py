@@ -33,15 +33,19 @@ def card(tmp_path):
 def metrics_dir(tmp_path):
     d = tmp_path / "metrics"
     d.mkdir()
+    others = [n for n in PARAMS["adapters"] if n not in ("travel", "cooking")]  # every adapter params.yaml lists
     (d / "evaluate.json").write_text(json.dumps({
         "on_travel": {"adapter_travel": {"loss": 3.1, "perplexity": 22.2}, "quantized_base": {"perplexity": 60.2}},
         "on_cooking": {"adapter_cooking": {"loss": 2.9, "perplexity": 18.2}, "quantized_base": {"perplexity": 50.1}},
+        **{f"on_{n}": {f"adapter_{n}": {"loss": 2.5, "perplexity": 12.2}, "quantized_base": {"perplexity": 40.0}}
+           for n in others},
         "quantization": {"algorithm": "awq"}}))
     (d / "optimize.json").write_text(json.dumps({"model_mb": 88.2}))
     (d / "benchmark.json").write_text(json.dumps({"ort_int4": {"decode_tok_s": 238.0}, "ort_int4_travel": {
-        "decode_tok_s": 205.0}, "ort_int4_cooking": {"decode_tok_s": 210.0}}))
+        "decode_tok_s": 205.0}, "ort_int4_cooking": {"decode_tok_s": 210.0},
+        **{f"ort_int4_{n}": {"decode_tok_s": 215.0} for n in others}}))
     (d / "adapter").mkdir()
-    for name in ("travel", "cooking"):
+    for name in PARAMS["adapters"]:
         (d / "adapter" / f"{name}.json").write_text(json.dumps({"adapter_mb": 5.9}))
     return d
 
@@ -60,7 +64,7 @@ def test_asset_is_a_custom_model_with_key_metric_tags(onnx_dir, metrics_dir):
     assert type(asset).__name__ == "Model" and asset.type == "custom_model"
     assert asset.name == PARAMS["register"]["name"] and asset.version == str(PARAMS["register"]["version"])
     assert asset.tags["eval_ppl_travel_int4_adapter"] == "22.2" and asset.tags["quant_algorithm"] == "awq"
-    assert asset.tags["eval_ppl_cooking_int4_base"] == "50.1" and asset.tags["adapters"] == "travel,cooking"
+    assert asset.tags["eval_ppl_cooking_int4_base"] == "50.1" and asset.tags["adapters"] == ",".join(PARAMS["adapters"])
     assert len(asset.tags["params_hash"]) == 16 and "git_commit" in asset.tags
     described = azure.describe(asset, onnx_dir)
     assert "adapters/travel.onnx_adapter" in described["files"] and "genai_config.json" in described["files"]

@@ -1,5 +1,7 @@
 """`make azure-job`: the pipeline as Azure ML command jobs, up to the network boundary (real azure-ai-ml
 entities and spec validation, real git and dvc; a fake MLClient where the service would answer)."""
+import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -44,8 +46,11 @@ def repo(tmp_path):
     return make_repo(tmp_path / "repo")
 
 
+NO_CREDENTIALS = ("IDENTITY_ENDPOINT", "MSI_ENDPOINT")  # managed-identity endpoints; the rest start with AZURE
+
+
 def run_script(repo, *args, **env):
-    base = {k: v for k, v in env_for(repo).items() if not k.startswith("AZURE")}  # no workspace, no compute
+    base = {k: v for k, v in env_for(repo).items() if not k.startswith("AZURE") and k not in NO_CREDENTIALS}
     return subprocess.run([sys.executable, str(ROOT / "scripts/azure_job.py"), *args], cwd=repo,
                           env={**base, **env}, capture_output=True, text=True)
 
@@ -54,9 +59,11 @@ def test_dry_run_prints_valid_specs_an_environment_from_docker_and_one_job_per_v
     from azure.ai.ml import load_environment, load_job
 
     out = run_script(repo, "--dry-run", "-S", "finetune.r=8", "-S", "finetune.r=32 finetune.alpha=64",
-                     AZUREML_COMPUTE="gpu-a100", AZURE_CLIENT_SECRET="s3cr3t-value", **WS_ENV)
+                     AZUREML_COMPUTE="gpu-a100", AZURE_CLIENT_SECRET="s3cr3t-value", AZURE_CLIENT_ID="app",
+                     AZURE_TENANT_ID="tenant", **WS_ENV)
     assert out.returncode == 0, out.stderr
     assert "s3cr3t-value" not in out.stdout + out.stderr
+    assert ": not set>" not in out.stdout and "missing before" not in out.stdout  # all set: no placeholder, no list
     env, *jobs = list(yaml.safe_load_all(out.stdout))
     assert env["build"]["dockerfile_path"] == "docker/Dockerfile" and env["name"] == "ondevice-pipeline"
     context = Path(env["build"]["path"])
@@ -106,13 +113,87 @@ def test_variants_one_per_S_and_spaces_join_and_a_bad_one_fails_before_anything(
         variants.parse("finetune.r")
 
 
-def test_missing_compute_and_missing_workspace_are_one_line(repo):
-    out = run_script(repo, "--dry-run")
-    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        "error: no Azure ML compute cluster: set azure_job.compute in params.yaml or $AZUREML_COMPUTE"]
-    out = run_script(repo, AZUREML_COMPUTE="gpu")
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
-    assert out.stderr.startswith("error: Azure ML workspace not configured: set register.azure.subscription_id")
+NO_COMPUTE = "no Azure ML compute cluster: set azure_job.compute in params.yaml or $AZUREML_COMPUTE"
+NO_WORKSPACE = ("Azure ML workspace not configured: set register.azure.subscription_id or $AZURE_SUBSCRIPTION_ID, "
+                "register.azure.resource_group or $AZURE_RESOURCE_GROUP, register.azure.workspace or "
+                "$AZUREML_WORKSPACE_NAME")
+NO_REMOTE = ("DVC remote 'azure' is not in the committed .dvc/config; `dvc remote add azure "
+             "azure://<container>/<path>`, `dvc remote modify azure account_name <account>`, commit .dvc/config "
+             "(or set azure_job.remote)")
+NO_CREDENTIALS_FOUND = ("no Azure credentials found here (looked for locally, Azure not asked); run `az login` or set "
+                        "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET")
+
+
+def test_a_real_run_with_something_missing_refuses_in_one_line_before_azure(tmp_path):
+    repo = make_repo(tmp_path / "r", "[core]\n")  # nothing configured at all
+    for env, message in (({}, NO_COMPUTE), ({"AZUREML_COMPUTE": "gpu"}, NO_WORKSPACE),
+                         ({"AZUREML_COMPUTE": "gpu", **WS_ENV}, NO_REMOTE)):
+        out = run_script(repo, **env)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [f"error: {message}"], out.stderr
+        assert not out.stdout
+
+
+def script_main():
+    """scripts/azure_job.py's click command, in this process (so that a test can stand in for Azure)."""
+    spec = importlib.util.spec_from_file_location("azure_job_script", ROOT / "scripts/azure_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_dry_run_with_nothing_configured_shows_placeholders_and_every_fix_and_asks_azure_nothing(
+        tmp_path, monkeypatch):
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+    from click.testing import CliRunner
+
+    for key in [k for k in os.environ if k.startswith("AZURE") or k in NO_CREDENTIALS]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "no-az-login"))
+
+    def no_azure(*args, **kwargs):
+        raise AssertionError("an Azure client was constructed")
+
+    for owner, name in ((azure, "client"), (MLClient, "__init__"), (DefaultAzureCredential, "__init__")):
+        monkeypatch.setattr(owner, name, no_azure)
+    main, run = script_main(), CliRunner().invoke
+    bare = make_repo(tmp_path / "bare", "[core]\n")
+    out = run(main, ["--repo", str(bare), "--params", str(bare / "params.yaml"), "--dry-run", "-S", "finetune.r=8"])
+    assert out.exit_code == 0 and out.exception is None, out.output
+    env, job = yaml.safe_load_all(out.stdout)  # the list is YAML comments: the output still loads
+    assert env["name"] == "ondevice-pipeline" and "-S finetune.r=8 && dvc push -r azure" in job["command"]
+    assert job["compute"] == "azureml:<AZUREML_COMPUTE: not set>" == "azureml:" + J.placeholder(J.COMPUTE_ENV)
+    specs, listed = out.stdout.split("# missing before a real submission:\n")
+    assert [line.removeprefix("#   - ") for line in listed.splitlines()] == [
+        NO_COMPUTE, NO_WORKSPACE, NO_REMOTE, NO_CREDENTIALS_FOUND]
+    # the stand-ins do catch a client: a real run, everything configured, reaches one
+    monkeypatch.setenv("AZUREML_COMPUTE", "gpu")
+    for key, value in WS_ENV.items():
+        monkeypatch.setenv(key, value)
+    ready = make_repo(tmp_path / "ready")
+    out = run(main, ["--repo", str(ready), "--params", str(ready / "params.yaml")])
+    assert isinstance(out.exception, AssertionError) and "Azure client" in str(out.exception)
+
+
+@pytest.mark.parametrize("env, profile, found", [
+    ({}, None, False),
+    ({"AZURE_CLIENT_ID": "a", "AZURE_TENANT_ID": "t", "AZURE_CLIENT_SECRET": "s"}, None, True),
+    ({"AZURE_CLIENT_ID": "a", "AZURE_CLIENT_SECRET": "s"}, None, False),  # no tenant: not a service principal
+    ({"IDENTITY_ENDPOINT": "http://localhost:1"}, None, True),
+    ({}, '\ufeff{"subscriptions": [{"id": "s"}]}', True),  # `az login` (the CLI writes a BOM)
+    ({}, '{"subscriptions": []}', False),  # after `az logout`
+    ({}, "not json", False),
+])
+def test_dry_run_looks_for_credentials_locally(tmp_path, env, profile, found):
+    if profile is not None:
+        (tmp_path / "azureProfile.json").write_text(profile, encoding="utf-8")
+    call = lambda: J.local_credentials({"AZURE_CONFIG_DIR": str(tmp_path), **env})  # noqa: E731
+    if found:
+        call()
+    else:
+        with pytest.raises(UserError) as e:
+            call()
+        assert str(e.value) == NO_CREDENTIALS_FOUND
 
 
 @pytest.mark.parametrize("config, message", [
@@ -216,7 +297,7 @@ def test_fetch_brings_the_jobs_experiment_home_for_dvc_exp_show(tmp_path):
 def bad_input(case: str, tmp_path: Path) -> str:
     """docs/bad-inputs.md rows for `make azure-job`, `make sweep` and the card (tests/test_bad_inputs.py runs them)."""
     if case == "azure-job-no-compute":
-        return run_script(make_repo(tmp_path / "r"), "--dry-run").stderr.strip().removeprefix("error: ")
+        return run_script(make_repo(tmp_path / "r")).stderr.strip().removeprefix("error: ")  # a dry run lists it
     if case == "register-no-card":
         (tmp_path / "onnx").mkdir()
         (tmp_path / "onnx/genai_config.json").write_text("{}")

@@ -4,6 +4,7 @@ Each row of the table names a case below; the test runs it and compares the mess
 (`…` in a row stands for text that varies, such as a library's own error). Every case must have a
 row and every row a case.
 """
+import functools
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundErr
 from azure.identity import CredentialUnavailableError
 from test_azure_job import BAD_INPUTS as AZURE_JOB_CASES
 from test_azure_job import bad_input as azure_job_case
+from test_bad_files import chat_context_error, cut_adapter_error, cut_safetensors_error
 
 from conftest import DELETE, ROOT, edited_params, stage_args, write_params
 from ondevice import params as P
@@ -125,6 +127,17 @@ CASES = {
     "data-not-string": lambda t: data_error(t, b'{"prompt": ["a"], "response": "b"}\n'),
     "data-empty-value": lambda t: data_error(t, b'{"prompt": "a", "response": ""}\n'),
     "data-too-few-rows": lambda t: data_error(t, ROW * 5),
+    "data-messages-order": lambda t: data_error(t, b'{"messages": [{"role": "user", "content": "a"}, '
+                                                   b'{"role": "user", "content": "b"}]}\n'),
+    "data-messages-role": lambda t: data_error(t, b'{"messages": [{"role": "tool", "content": "a"}]}\n'),
+    "data-csv-no-columns": lambda t: _table_error(t, "d.csv", "question,answer\na,b\n"),
+    "data-parquet-unreadable": lambda t: _table_error(t, "d.parquet", "<html>not parquet</html>"),
+    "data-no-response-token": lambda t: _no_response_token(),
+    "finetune-nan-loss": lambda t: _nan_loss(t),
+    "metrics-not-finite": lambda t: _not_finite(),
+    "chat-prompt-past-context": lambda t: chat_context_error(t),
+    "adapter-cut-off": lambda t: cut_adapter_error(t),
+    "model-safetensors-cut-off": lambda t: cut_safetensors_error(t),
     "data-file-missing": lambda t: script_error(t, "data", "--adapter", "travel", "--out", "o",
                                                 **{"adapters.travel.data": "nope.jsonl"}),
     "data-path-is-dir": lambda t: script_error(t, "data", "--adapter", "travel", "--out", "o",
@@ -218,14 +231,65 @@ def _not_gguf(tmp_path):
 PHI = "azureml://registries/azureml/models/Phi-3.5-mini-instruct/versions"
 
 
+def _table_error(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(UserError) as e:
+        read_rows(name)
+    return str(e.value)
+
+
+@functools.cache
+def _smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from ondevice.model_source import resolve
+
+    name, kwargs = resolve("embedded:smollm2-135m-instruct")
+    return AutoTokenizer.from_pretrained(name, **kwargs)
+
+
+def _no_response_token():
+    from ondevice.text import keep_answerable
+
+    rows = [{"prompt": f"{i} " + "word " * 400, "response": "Short."} for i in range(12)]
+    with pytest.raises(UserError) as e:
+        keep_answerable(_smollm2_tokenizer(), "{prompt}\n{response}", rows, 256, "data.jsonl")
+    return str(e.value)
+
+
+def _nan_loss(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import TINY
+    from ondevice import finetune
+
+    p = {**P.adapter_config(GOOD, "travel"), "max_steps": 1, "r": 2, "template": "{prompt}\n{response}"}
+    with pytest.MonkeyPatch.context() as m:  # a real step on a tiny model whose loss comes out NaN
+        m.setattr(finetune, "response_loss", lambda model, batch: torch.tensor(float("nan"), requires_grad=True))
+        m.setattr(finetune, "load_dequantized", lambda folder, dtype, device: LlamaForCausalLM(LlamaConfig(**TINY)))
+        with pytest.raises(UserError) as e:
+            finetune.train("unused", _smollm2_tokenizer(), [{"prompt": "a", "response": "b"}] * 8, p)
+    return str(e.value)
+
+
+def _not_finite():
+    from ondevice.atomic import write_json
+
+    with pytest.raises(UserError) as e:
+        write_json("metrics/evaluate.json", {"on_travel": {"adapter_travel": {"loss": float("nan")}}})
+    return str(e.value)
+
+
 def _render_error():
     """The chat template asked of a tokenizer that has none (what quantize's calibration rendering meets first)."""
     from types import SimpleNamespace
 
-    from ondevice.text import render
+    from ondevice.text import encode_example
 
     with pytest.raises(UserError) as e:
-        render(SimpleNamespace(chat_template=None), "chat", "Where is Porto?", "In Portugal.")
+        encode_example(SimpleNamespace(chat_template=None), "chat", {"prompt": "Where is Porto?",
+                                                                     "response": "In Portugal."}, 64)
     return str(e.value)
 
 

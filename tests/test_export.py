@@ -175,7 +175,7 @@ def test_chat_serves_an_adapter_in_its_training_template(onnx_dir, tokenizer, tm
     write_params(tmp_path / "params.yaml", {"adapters.travel.template": template})
     assert chat.adapter_template(tmp_path / "params.yaml", "travel") == template
     assert chat.adapter_template(tmp_path / "params.yaml", None) == "chat"  # the base: finetune.template
-    text = chat.prompt_text(None, onnx_dir, template, "Is Porto walkable?")
+    text = chat.prompt_text(None, onnx_dir, template, [{"role": "user", "content": "Is Porto walkable?"}])
     assert text == "Question: Is Porto walkable?\nAnswer: "
     trained = encode_example(tokenizer, template, {"prompt": "Is Porto walkable?", "response": "Yes."}, 96)
     served = list(og.Tokenizer(og.Model(str(onnx_dir))).encode(text))

@@ -41,10 +41,11 @@ def test_same_seed_same_result(quantized_dir, tokenizer, rows, trained):
 
 
 def test_custom_template(quantized_dir, tokenizer, rows):
-    from ondevice.text import encode_example, render
+    from ondevice.text import encode_example, segments
 
-    prompt, completion = render(tokenizer, "Q: {prompt}\nA: {response}", "Where?", "Here.")
-    assert prompt == "Q: Where?\nA: " and completion.startswith("Here.")
+    chat = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "Here."}]
+    (prompt, untrained), (completion, trained) = segments(tokenizer, "Q: {prompt}\nA: {response}", chat)
+    assert prompt == "Q: Where?\nA: " and completion.startswith("Here.") and trained and not untrained
     ex = encode_example(tokenizer, "Q: {prompt}\nA: {response}", rows[0], 64)
     assert ex["labels"][0] == -100 and ex["labels"][-1] != -100
     # the loss covers the response and nothing of the template's prompt part

@@ -13,6 +13,7 @@ from ondevice import model_card
 from ondevice.register import bundle_files, make_bundle, manifest
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PARAMS["adapters"] = {n: PARAMS["adapters"][n] for n in ("travel", "cooking")}  # the two METRICS below cover
 EVAL = {
     "on_travel": {"float_base": {"loss": 3.8, "perplexity": 46.6}, "quantized_base": {"loss": 4.1, "perplexity": 59.0},
                   "adapter_travel": {"loss": 3.1, "perplexity": 22.0}, "float_lora": {"loss": 3.05, "perplexity": 21.1},

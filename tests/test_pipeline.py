@@ -11,9 +11,9 @@ import pytest
 
 from conftest import ROOT, write_params
 
-STAGES = ["model", "data@travel", "data@cooking", "quantize", "reference", "finetune@travel", "finetune@cooking",
-          "float_lora@travel", "float_lora@cooking", "optimize", "adapter@travel", "adapter@cooking", "evaluate",
-          "benchmark", "register"]
+ADAPTERS = ["travel", "cooking", "garden"]  # garden: chat-format rows (system prompts, multi-turn)
+STAGES = ["model", "quantize", "reference", "optimize", "evaluate", "benchmark", "register"] + \
+    [f"{stage}@{name}" for stage in ("data", "finetune", "float_lora", "adapter") for name in ADAPTERS]
 SHARED = ["evaluate", "benchmark", "register"]  # stages that cover every adapter
 TINY_PARAMS = {
     "quantize": {"calibration_samples": 16, "calibration_seq_len": 64, "awq_grid": 5},
@@ -42,7 +42,8 @@ def set_params(repo, **changes):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_dir):
     repo = tmp_path_factory.mktemp("pipeline")
-    for item in ("dvc.yaml", "params.yaml", "scripts", "ondevice", "data/travel_qa.jsonl", "data/cooking_qa.jsonl"):
+    for item in ("dvc.yaml", "params.yaml", "scripts", "ondevice", "data/travel_qa.jsonl", "data/cooking_qa.jsonl",
+                 "data/garden_chat.jsonl"):
         src, dst = ROOT / item, repo / item
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
@@ -64,14 +65,14 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
         assert json.loads((repo / "metrics" / f"{name}.json").read_text())[key] > 0, name
     evaluation = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert evaluation["quantization"]["algorithm"] == "awq"
-    for split in ("travel", "cooking"):  # the cross matrix: every split scored by base and by every adapter
-        assert {"quantized_base", "adapter_travel", "adapter_cooking", "float_base"} <= set(evaluation[f"on_{split}"])
+    for split in ADAPTERS:  # the cross matrix: every split scored by base and by every adapter
+        assert {"quantized_base", "float_base", *(f"adapter_{n}" for n in ADAPTERS)} <= set(evaluation[f"on_{split}"])
         assert evaluation[f"on_{split}"]["float_lora"]["perplexity"] > 1  # the float LoRA, for int4's gap
     bench = json.loads((repo / "metrics" / "benchmark.json").read_text())
-    assert bench["switching"]["adapters_loaded"] == 2 and set(bench["adapter_decode_cost_pct"]) == {"travel", "cooking"}
+    assert bench["switching"]["adapters_loaded"] == 3 and set(bench["adapter_decode_cost_pct"]) == set(ADAPTERS)
     for plot in ("engines", "context", "threads"):
         assert (repo / f"plots/benchmark/{plot}.csv").exists()
-    for name in ("travel", "cooking"):
+    for name in ADAPTERS:
         assert (repo / f"models/adapters/{name}.onnx_adapter").exists()
         # DVCLive: a loss per step (dvc plots) and the last step's values (dvc exp show)
         steps = (repo / f"dvclive/finetune/{name}/plots/metrics/loss.tsv").read_text().splitlines()
@@ -79,7 +80,7 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
         assert steps[0] == "step\tloss" and len(steps) == 1 + summary["step"] + 1 and summary["lr"] > 0
     manifest = json.loads((repo / "reports/manifest.json").read_text())
     assert {"adapters/travel.onnx_adapter", "adapters/cooking.onnx_adapter", "model.onnx"} <= set(manifest["files"])
-    assert manifest["packages"]["onnxruntime-genai"] and manifest["adapters"] == ["cooking", "travel"]
+    assert manifest["packages"]["onnxruntime-genai"] and manifest["adapters"] == sorted(ADAPTERS)
     assert ran(sh("dvc repro", repo, env)) == []
     sh("git add -A && git commit -qm run1", repo, env)
 
@@ -111,7 +112,10 @@ def test_one_adapters_rank_reruns_only_its_stages_and_diffs(repo):
     repo, env = repo
     set_params(repo, **{"adapters.cooking.r": 8})
     stages = ran(sh("dvc repro", repo, env))
-    assert set(stages[:-3]) == {"finetune@cooking", "float_lora@cooking", "adapter@cooking"} and stages[-3:] == SHARED
+    # data@cooking measures rows with the adapter's own template and seq_len, so it reads the adapter's section;
+    # its output is unchanged by r, so nothing downstream reruns because of it
+    assert set(stages[:-3]) == {"data@cooking", "finetune@cooking", "float_lora@cooking", "adapter@cooking"}
+    assert stages[-3:] == SHARED
     diff = sh("dvc metrics diff --md", repo, env)
     assert "dvclive/evaluate/metrics.json" in diff and "cooking.int4_adapter_loss" in diff
     assert "adapters.cooking.r" in sh("dvc params diff", repo, env)
@@ -126,12 +130,12 @@ def test_adding_an_adapter_builds_only_its_own_stages(repo):
     assert set(stages[1:-3]) == {"finetune@city", "float_lora@city", "adapter@city"}
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert "adapter_city" in evaluation["on_travel"] and "on_city" in evaluation
-    assert json.loads((repo / "metrics/benchmark.json").read_text())["switching"]["adapters_loaded"] == 3
+    assert json.loads((repo / "metrics/benchmark.json").read_text())["switching"]["adapters_loaded"] == 4
 
 
 def test_exp_run_and_exp_show_compare_runs(repo):
     repo, env = repo
-    sh("git add -A && (git diff --cached --quiet || git commit -qm three-adapters)", repo, env)
+    sh("git add -A && (git diff --cached --quiet || git commit -qm four-adapters)", repo, env)
     out = sh("dvc exp run -n rank2 -S finetune.r=2", repo, env)
     # DVC tracks the finetune section as a whole, so every adapter retrains; nothing upstream does
     stages = ran(out)

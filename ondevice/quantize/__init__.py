@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ondevice.text import render
+from ondevice.text import row_text
 
 # Every algorithm writes 4-bit weights: MatMulNBits int4 is what the optimize stage builds and what
 # onnxruntime's CPU and CUDA kernels are fast at. Not a knob (#16: a knob with one allowed value).
@@ -41,8 +41,7 @@ def calibration_ids(tokenizer, template: str, train_rows: list[dict], samples: i
     random.Random(seed).shuffle(rows)
     stream: list[int] = []
     for row in rows[:samples]:
-        prompt, completion = render(tokenizer, template, row["prompt"], row["response"])
-        stream += tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+        stream += tokenizer(row_text(tokenizer, template, row), add_special_tokens=False)["input_ids"]
     n = max(1, len(stream) // seq_len)
     if len(stream) < seq_len:  # tiny data: one short block
         return torch.tensor([stream])
