@@ -86,6 +86,7 @@ def test_a_bad_variant_is_refused_before_anything_is_queued(tmp_path):
     assert out.stderr.strip().splitlines() == ["error: params.yaml: finetune.r=0 is below the minimum 1"]
 
 
+@pytest.mark.slow  # two whole tiny pipelines through DVC's queue: 6 minutes on a 2-core box (`make test-all`)
 def test_two_ranks_queued_on_the_tiny_pipeline_both_show_in_exp_show(tmp_path, tiny_dir):
     """The real pipeline (tiny model, one adapter): `dvc repro`, then two finetune.r variants on the queue."""
     repo = copy_in(tmp_path / "repo", "dvc.yaml", "params.yaml", "scripts", "ondevice", "data/travel_qa.jsonl")
