@@ -127,3 +127,25 @@ def test_dockerignore_keeps_models_and_caches_out():
     for path in ("models", ".venv", ".dvc/cache", ".git"):
         assert path in ignored
     assert not any(p.startswith("docker") for p in ignored)  # docker/wheels is the CPU build's torch source
+
+
+def test_ci_reduced_settings_are_valid_params():
+    """CI's main job and container run both apply `reduced=` from .ci/run: every key must exist and validate."""
+    import re
+
+    import yaml
+
+    from conftest import edited_params
+    from ondevice import params as P
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    reduced = re.search(r'^reduced="(.*?)"$', ci, re.S | re.M).group(1).replace("\\\n", " ").split()
+    changes = {k: yaml.safe_load(v) for k, v in (c.split("=", 1) for c in reduced)}
+    base = edited_params()
+    for dotted in changes:  # a typo would add a key rather than change one
+        node = base
+        for part in dotted.split("."):
+            node = node[part]
+    P.validate(edited_params(changes))
+    own_steps = [f"adapters.{n}.max_steps" for n, a in base["adapters"].items() if "max_steps" in a]
+    assert changes["finetune.max_steps"] == 10 and all(changes.get(k) == 10 for k in own_steps)  # none trains long
