@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV))/bin
 PY     := $(BIN)/python
 ARGS   ?=
 
-.PHONY: help setup repro repro-full repro-gpu test test-all chat bench bench-llama adapter-cost levers register lint \
+.PHONY: help setup setup-cuda-serve repro repro-full repro-gpu test test-all chat bench bench-llama adapter-cost levers register lint \
         docker-base docker-build docker-run docker-shell docker-test clean
 
 help:  ## list the targets
@@ -21,6 +21,10 @@ setup: $(BIN)/activate  ## create .venv and install the pinned dependencies (CPU
 	$(PY) -m pip install -q --no-deps -e .
 	@test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
 	@$(BIN)/dvc config core.autostage true
+
+setup-cuda-serve:  ## on a GPU machine, after setup: onnxruntime-gpu and the CUDA serving runtime (requirements-cuda-serve.txt)
+	$(PY) -m pip install -q onnxruntime-gpu==$$(sed -n 's/^onnxruntime==\([^ #]*\).*/\1/p' requirements.txt)
+	$(PY) -m pip install -q --no-deps --target $(VENV)/og-cuda-serve -r requirements-cuda-serve.txt
 
 repro:  ## run the pipeline (`dvc repro`); reruns only what changed; stage times -> metrics/repro.json
 	PATH=$(BIN):$$PATH $(PY) scripts/timed_repro.py $(ARGS)
@@ -42,13 +46,19 @@ bench:  ## rerun only the benchmark stage
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s benchmark
 
 adapter-cost:  ## where an adapter's decode time goes (onnxruntime profile, host vs GPU feeds) -> reports/adapter_cost.json
-	$(PY) scripts/adapter_cost.py $(ARGS)
+	$(PY) studies/adapter_cost.py $(ARGS)
 
 levers:  ## measure the CPU-speed levers (accuracy level, head block, spinning, LoRA placement) -> reports/levers.json
-	$(PY) scripts/levers.py $(ARGS)
+	$(PY) studies/levers.py $(ARGS)
 
-# llama.cpp's native (AVX-512/AMX) build segfaulted on multi-token prompts on our test box: AVX2 only.
-LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF
+# The llama.cpp peer, built for the CPU it runs on: AVX-512 with VNNI and BF16 where the CPU has them,
+# else AVX2. Not GGML_NATIVE: on an Intel Xeon with AMX it segfaulted on the first multi-token prompt,
+# so AMX stays off (README "Measured here"). CPU_FLAGS="flags: avx2 ..." builds for another CPU.
+CPU_FLAGS   ?= $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+cpu_has      = $(filter $(1),$(CPU_FLAGS))
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX2=ON \
+  $(if $(call cpu_has,avx512f),-DGGML_AVX512=ON,-DGGML_AVX512=OFF) \
+  $(if $(call cpu_has,avx512_vnni),-DGGML_AVX512_VNNI=ON) $(if $(call cpu_has,avx512_bf16),-DGGML_AVX512_BF16=ON)
 bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside our model, as an experiment
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.llama_cpp=true $(ARGS)
@@ -58,7 +68,7 @@ bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside
 GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S finetune.device=cuda \
   -S finetune.batch_size=4 -S finetune.seq_len=512 -S finetune.r=64 -S finetune.alpha=128 \
   -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.provider=cuda -S optimize.auto_level_rows=8 -S evaluate.device=cuda -S evaluate.guard_rows=8 -S 'reference.algorithms=[]' \
-  -S benchmark.builder_reference=true -S benchmark.profile=false
+  -S optimize.cuda_graph=true -S benchmark.builder_reference=true -S benchmark.profile=false
 repro-full:  ## the default pipeline plus onnxruntime's per-node decode profile (benchmark.profile), as an experiment
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.profile=true $(ARGS)
 
@@ -80,7 +90,7 @@ sweep:  ## variants on DVC's queue, JOBS at a time, cores split: make sweep ARGS
 
 lint:  ## lint the Dockerfile (hadolint) and the Python (ruff), if installed
 	$(BIN)/hadolint --config .hadolint.yaml docker/Dockerfile
-	$(BIN)/ruff check ondevice scripts tests
+	$(BIN)/ruff check ondevice scripts studies tests
 
 # ---- Container (README "Container"): docker where an engine answers, else podman ----
 IMAGE      ?= ondevice-llm:latest

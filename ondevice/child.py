@@ -33,9 +33,12 @@ def rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def in_child(fn, **kwargs) -> dict:
+def in_child(fn, *, path_first: str | None = None, **kwargs) -> dict:
+    """path_first: a package folder searched before everything else in the child (the CUDA serving
+    runtime, another onnxruntime-genai than the one this process imported)."""
     cmd = [sys.executable, "-m", "ondevice.child", f"{fn.__module__}:{fn.__name__}", json.dumps(kwargs)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path_first,
+                                                                     str(Path(__file__).resolve().parent.parent),
                                                                      os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ondevice.atomic import UserError
-from ondevice.quantize import load_dequantized, pick_device
+from ondevice.checkpoint import load_dequantized, pick_device
 from ondevice.text import IGNORE, collate, encode_example
 
 

@@ -21,7 +21,7 @@ def segments(tokenizer, template: str, messages: list[dict]) -> list[tuple[str, 
 
 
 def _chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    from ondevice.model_source import eos_token
+    from ondevice.tokenizer import eos_token
 
     if not getattr(tokenizer, "chat_template", None):  # base models (Gemma 3 270M) ship none
         from ondevice.atomic import UserError

@@ -11,7 +11,7 @@ import click
 from ondevice import params as P
 from ondevice.atomic import write_json
 from ondevice.cli import params_option, stage
-from ondevice.export import export_adapter
+from ondevice.export.onnx_lora import export_adapter
 
 
 @click.command()

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 import yaml
 
-from ondevice import azure, variants
-from ondevice import azure_job as J
 from ondevice import params as P
 from ondevice.cli import params_option, stage
+from ondevice.ship import azure, variants
+from ondevice.ship import azure_job as J
 
 
 @click.command()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from ondevice import azure
 from ondevice import params as P
 from ondevice.atomic import UserError
 from ondevice.cli import params_option, stage
-from ondevice.register import make_bundle
+from ondevice.ship import azure, azure_register
+from ondevice.ship.register import make_bundle
 
 
 @click.command()
@@ -28,15 +28,15 @@ def main(params_path, onnx_dir, adapters_dir, metrics_dir, card, dry_run, next_v
     params = P.load(params_path)
     if not Path(card).is_file():
         raise UserError(f"model card {card} missing; run `dvc repro -s register` (it writes the card)")
-    azure.model_asset(Path(onnx_dir), params, Path(metrics_dir))  # fails early: no model, or a metric missing
+    azure_register.model_asset(Path(onnx_dir), params, Path(metrics_dir))  # fails early: no model, or a metric missing
     ws = None if dry_run else azure.workspace(params)
     with tempfile.TemporaryDirectory(dir=Path(onnx_dir).parent) as tmp:
         bundle = make_bundle(Path(onnx_dir), Path(adapters_dir), Path(tmp) / "model", Path(card))
-        asset = azure.model_asset(bundle, params, Path(metrics_dir))
+        asset = azure_register.model_asset(bundle, params, Path(metrics_dir))
         if dry_run:
-            click.echo(json.dumps(azure.describe(asset, bundle), indent=2))
+            click.echo(json.dumps(azure_register.describe(asset, bundle), indent=2))
             return
-        version = azure.upload(azure.client(ws), asset, next_version)
+        version = azure_register.upload(azure.client(ws), asset, next_version)
     info = {"name": asset.name, "version": version, "workspace": ws["workspace"],
             "resource_group": ws["resource_group"], "tags": asset.tags}
     Path(receipt).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Chat with the shipped model through onnxruntime-genai: prompt in, streamed answer out.
 
-The client of the output contract (ondevice/runtime.py) as a command.
+The client of the output contract (ondevice/runtime/client.py) as a command.
 """
 import json
 import sys
@@ -52,7 +52,7 @@ def chat_prompt(tokenizer, model_dir: Path, messages: list[dict]) -> str:
 @click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
 @stage
 def main(prompt, model_dir, adapters_dir, adapter, max_new_tokens, system, template, params_path):
-    from ondevice.runtime import kv_capacity_floor, open_model, stream_answer
+    from ondevice.runtime.client import kv_capacity_floor, open_model, stream_answer
 
     model_dir = Path(model_dir)
     if not (model_dir / "genai_config.json").exists():

@@ -4,7 +4,7 @@ import click
 from ondevice import params as P
 from ondevice.atomic import atomic_dir, require_free_space, write_json
 from ondevice.cli import params_option, stage
-from ondevice.model_source import check_supported, load_config, materialize
+from ondevice.sources.model_source import check_supported, load_config, materialize
 
 
 @click.command()

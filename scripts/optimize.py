@@ -8,11 +8,11 @@ from transformers import AutoTokenizer
 
 from ondevice import params as P
 from ondevice import threads
-from ondevice.accuracy_level import ship_accuracy_level
 from ondevice.atomic import UserError, atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
-from ondevice.export import optimize
+from ondevice.export.accuracy_level import ship_accuracy_level
+from ondevice.export.build import optimize
 from ondevice.text import encode_example
 
 

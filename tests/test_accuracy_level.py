@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from conftest import OPT
-from ondevice.accuracy_level import SPEED_MARGIN, pick_level, ship_accuracy_level
-from ondevice.onnx_scoring import level_record, shipped_accuracy_level
+from ondevice.export.accuracy_level import SPEED_MARGIN, pick_level, ship_accuracy_level
+from ondevice.measure.onnx_scoring import level_record, shipped_accuracy_level
 from ondevice.text import encode_example
 
 

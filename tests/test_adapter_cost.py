@@ -1,10 +1,10 @@
-"""ondevice/adapter_cost.py: the diagnosis behind the README's adapter cost on CUDA, run here on the CPU build."""
+"""ondevice/measure/adapter_cost.py: the diagnosis behind the adapter cost on CUDA, run here on the CPU build."""
 import json
 import subprocess
 import sys
 
 from conftest import ROOT
-from ondevice.adapter_cost import adapter_cost, summarize_profile
+from ondevice.measure.adapter_cost import adapter_cost, summarize_profile
 
 
 def _event(name, ts, dur, cat="Node", op=None, provider="CUDAExecutionProvider"):
@@ -41,7 +41,7 @@ def test_adapter_cost_profiles_the_shipped_build_with_and_without_its_adapter(on
 
 def test_adapter_cost_names_a_missing_adapter_before_any_work(onnx_dir, tmp_path):
     out = tmp_path / "cost.json"
-    proc = subprocess.run([sys.executable, "scripts/adapter_cost.py", "--onnx-dir", str(onnx_dir), "--adapter",
+    proc = subprocess.run([sys.executable, "studies/adapter_cost.py", "--onnx-dir", str(onnx_dir), "--adapter",
                            str(tmp_path / "cooking.onnx_adapter"), "--out", str(out)], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 2 and not out.exists()

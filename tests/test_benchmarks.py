@@ -4,8 +4,8 @@ work was really done."""
 import onnxruntime_genai as og
 import pytest
 
-from ondevice import engines as E
-from ondevice.benchmark import benchmark as run_benchmark
+from ondevice.measure import engines as E
+from ondevice.measure.benchmark import benchmark as run_benchmark
 
 PROMPT_TOKENS = 32
 
@@ -61,7 +61,7 @@ def test_tokenizer_encode(benchmark, runtime):
 @pytest.fixture(scope="module")
 def two_adapters(onnx_dir, tmp_path_factory):
     """The trained adapter and a second one (its B doubled): what switching needs."""
-    from ondevice import onnx_lora
+    from ondevice.export import onnx_lora
 
     travel = onnx_dir / "adapters" / "travel.onnx_adapter"
     arrays = onnx_lora.read_adapter(travel)
@@ -104,7 +104,7 @@ def test_benchmark_stage_reports_every_metric(onnx_dir, tiny_dir, two_adapters):
 
 def test_llama_cpp_peer_decodes_the_embedded_gguf():
     pytest.importorskip("llama_cpp", reason="optional peer: `make bench-llama` builds llama-cpp-python")
-    from ondevice.model_source import embedded_gguf
+    from ondevice.sources.embedded import embedded_gguf
 
     gguf = str(embedded_gguf("embedded:smollm2-135m-instruct"))
     b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
@@ -114,7 +114,7 @@ def test_llama_cpp_peer_decodes_the_embedded_gguf():
 
 def test_llama_cpp_takes_turns_in_the_paired_rounds(onnx_dir):
     pytest.importorskip("llama_cpp", reason="optional peer: `make bench-llama` builds llama-cpp-python")
-    from ondevice.model_source import embedded_gguf
+    from ondevice.sources.embedded import embedded_gguf
 
     b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
     adapters = {"travel": str(onnx_dir / "adapters" / "travel.onnx_adapter")}
@@ -135,7 +135,7 @@ def test_levers_script_measures_every_variant(quantized_dir, trained, tmp_path):
     write_params(tmp_path / "params.yaml", {**changes, "optimize.int4_accuracy_level": 0})
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "travel").symlink_to(trained[3])
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "levers.py"),
+    out = subprocess.run([sys.executable, str(ROOT / "studies" / "levers.py"),
                           "--params", str(tmp_path / "params.yaml"), "--quantized", str(quantized_dir),
                           "--lora", str(tmp_path / "lora"), "--adapter", "travel", "--rounds", "1",
                           "--out", str(tmp_path / "levers.json")], capture_output=True, text=True)
@@ -149,3 +149,25 @@ def test_levers_script_measures_every_variant(quantized_dir, trained, tmp_path):
     variants = result["variants"]
     assert variants["head_block_128"]["weight_mb_per_token"] != variants["shipped"]["weight_mb_per_token"]
     assert variants["no_spinning"]["weight_mb_per_token"] == variants["shipped"]["weight_mb_per_token"]
+
+
+def test_interleaved_rounds_take_turns_and_drop_the_warmup():
+    calls = []
+    out = E.interleaved({"a": lambda: calls.append("a") or len(calls), "b": lambda: calls.append("b") or len(calls)},
+                        runs=2, warmup=1)
+    assert calls == ["a", "b"] * 3
+    assert out == {"a": [3, 5], "b": [4, 6]}
+
+
+def test_the_cuda_benchmarks_measuring_runs_wherever_the_model_runs(onnx_dir, monkeypatch):
+    """benchmark_cuda.measure (what the CUDA serving child runs), here on the CPU build: interleaved
+    engines, medians, the context sweep and the runtime it imported; GPU memory read as 0."""
+    from ondevice.measure import benchmark_cuda
+
+    monkeypatch.setattr(benchmark_cuda, "gpu_memory_used_mb", lambda: 0.0)
+    b = {"prompt_tokens": 16, "new_tokens": 8, "runs": 2, "warmup": 1, "context_lengths": [32], "sweep_new_tokens": 4}
+    m = benchmark_cuda.measure(str(onnx_dir), {"travel": str(onnx_dir / "adapters" / "travel.onnx_adapter")}, None, b)
+    assert m["runtime"] == f"onnxruntime-genai-cuda {og.__version__}"
+    assert set(m["results"]) == {"ort_int4", "ort_int4_travel"}
+    assert all(r["decode_tok_s"] > 0 for r in m["results"].values())
+    assert [(r["context"], r["model"]) for r in m["context_rows"]] == [(32, "base"), (32, "travel")]

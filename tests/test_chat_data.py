@@ -157,7 +157,7 @@ def test_a_nan_loss_stops_finetune_and_keeps_the_previous_log(quantized_dir, tok
 
 
 def test_nan_is_never_written_as_a_number(tmp_path):
-    from ondevice.onnx_scoring import mean_loss
+    from ondevice.measure.onnx_scoring import mean_loss
 
     assert mean_loss(0.0, 0)["loss"] != mean_loss(0.0, 0)["loss"]  # no token scored: NaN, not a loss of 0
     with pytest.raises(UserError, match=r"m.json: on_travel.adapter_travel.loss is not a finite number; nothing was"):

@@ -1,5 +1,5 @@
 """A model built for CUDA runs on CUDA or stops with one line naming what is missing; onnxruntime on its
-own only warns and runs on CPU (ondevice/cuda_check.py)."""
+own only warns and runs on CPU (ondevice/runtime/cuda_check.py)."""
 import json
 import os
 import re
@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from ondevice import cuda_check
 from ondevice.atomic import UserError
-from ondevice.runtime import open_model
+from ondevice.runtime import cuda_check
+from ondevice.runtime.client import open_model
 
 PINS = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", (ROOT / "requirements.txt").read_text(), re.M))
 needs_no_cuda = pytest.mark.skipif(cuda_check.cuda_provider_problem() is None,

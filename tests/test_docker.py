@@ -149,3 +149,17 @@ def test_ci_reduced_settings_are_valid_params():
     P.validate(edited_params(changes))
     own_steps = [f"adapters.{n}.max_steps" for n, a in base["adapters"].items() if "max_steps" in a]
     assert changes["finetune.max_steps"] == 10 and all(changes.get(k) == 10 for k in own_steps)  # none trains long
+
+
+def test_the_llama_cpp_peer_is_built_for_the_cpu_it_runs_on():
+    """`make bench-llama`: AVX-512 with VNNI and BF16 where the CPU has them, AVX2 elsewhere, never
+    GGML_NATIVE or AMX (native AMX builds segfaulted on multi-token prompts)."""
+    def args(flags: str) -> set[str]:
+        line = make_n("bench-llama", f"CPU_FLAGS=flags: {flags}")
+        return set(re.search(r'CMAKE_ARGS="([^"]*)"', line).group(1).split())
+
+    xeon = args("fpu avx2 avx512f avx512_vnni avx512_bf16 amx_tile")
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_INT8=OFF",
+            "-DGGML_NATIVE=OFF"} <= xeon
+    avx2 = args("fpu avx2 fma f16c")
+    assert {"-DGGML_AVX2=ON", "-DGGML_AVX512=OFF"} <= avx2 and not any("VNNI" in a or "BF16" in a for a in avx2)

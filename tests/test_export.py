@@ -8,10 +8,10 @@ import onnxruntime_genai as og
 import pytest
 
 from conftest import ROOT, write_params
-from ondevice import onnx_lora
-from ondevice.evaluate import torch_loss
-from ondevice.onnx_scoring import OnnxScorer
-from ondevice.quantize import load_dequantized
+from ondevice.checkpoint import load_dequantized
+from ondevice.export import onnx_lora
+from ondevice.measure.evaluate import torch_loss
+from ondevice.measure.onnx_scoring import OnnxScorer
 from ondevice.text import encode_example
 
 PROMPT = "<|im_start|>user\nWhat should I pack for Lisbon?<|im_end|>\n<|im_start|>assistant\n"
@@ -34,7 +34,7 @@ def test_shipped_config_lets_onnxruntime_size_the_thread_pool(onnx_dir):
 def test_cuda_build_asks_for_cuda_graphs_and_fp16_lora_inputs(quantized_dir, tmp_path):
     """The CUDA graph is built on the CPU as well: fp16 LoRA inputs, and optimize.cuda_graph in genai_config."""
     from conftest import OPT
-    from ondevice.export import optimize
+    from ondevice.export.build import optimize
 
     out = tmp_path / "cuda"
     optimize(quantized_dir, out, {**OPT, "provider": "cuda", "cuda_graph": True}, tmp_path / "work")
@@ -49,8 +49,8 @@ def test_kernel_guard_scores_a_cuda_build_against_the_cpu_build_on_cpu_kernels(q
     """#15: the guard's fp32 reference runs on onnxruntime's CPU kernels even for a CUDA build (fp16 graph):
     there, it measures agreement with the CPU build of the same int4 weights."""
     from conftest import OPT
-    from ondevice.export import optimize
-    from ondevice.onnx_scoring import kernel_guard
+    from ondevice.export.build import optimize
+    from ondevice.measure.onnx_scoring import kernel_guard
 
     optimize(quantized_dir, tmp_path / "cuda", {**OPT, "provider": "cuda"}, tmp_path / "work")
     cuda_on_cpu = OnnxScorer(tmp_path / "cuda", accuracy_level=0, on_cpu=True)
@@ -188,7 +188,7 @@ def test_chat_serves_an_adapter_in_its_training_template(onnx_dir, tokenizer, tm
 def test_kv_floor_is_the_sliding_window_only_when_it_is_inside_the_context(tmp_path, window, context, floor):
     """Phi-3.5-mini's 262,144-token window exceeds its 131,072 context: a floor that large failed on the H100
     (max_length above context_length), and at the context it asked for a 51 GB KV cache."""
-    from ondevice.runtime import kv_capacity_floor
+    from ondevice.runtime.client import kv_capacity_floor
 
     decoder = {"sliding_window": {"window_size": window}} if window else {}
     model = {"decoder": decoder, **({"context_length": context} if context else {})}
@@ -198,7 +198,7 @@ def test_kv_floor_is_the_sliding_window_only_when_it_is_inside_the_context(tmp_p
 
 def test_kernel_guard_compares_the_int8_kernel_with_fp32_on_the_same_weights(onnx_dir, tokenizer, rows):
     """#18: evaluate checks the shipped accuracy level against fp32 compute of the same int4 weights."""
-    from ondevice.onnx_scoring import kernel_guard, shipped_accuracy_level
+    from ondevice.measure.onnx_scoring import kernel_guard, shipped_accuracy_level
 
     examples = {"travel": [encode_example(tokenizer, "chat", r, 96) for r in rows[:4]]}
     adapters = {"travel": onnx_lora.read_adapter(onnx_dir / "adapters" / "travel.onnx_adapter")}
@@ -220,7 +220,7 @@ def test_the_head_is_packed_on_the_block_quantize_recorded(quantized_dir, onnx_d
 
     from conftest import QUANT
     from ondevice.atomic import UserError
-    from ondevice.export import head_block
+    from ondevice.export.build import head_block
 
     assert head_block(quantized_dir) == QUANT["head_block_size"]
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph

@@ -18,8 +18,9 @@ import torch
 import transformers as T
 
 from conftest import AWQ_NO_CLIP, LORA, OPT, ROOT, TINY, run_quantize
-from ondevice import onnx_lora
-from ondevice.model_source import SUPPORTED_ARCHITECTURES, copy_tokenizer
+from ondevice.export import onnx_lora
+from ondevice.sources.model_source import SUPPORTED_ARCHITECTURES
+from ondevice.tokenizer import copy_tokenizer
 
 # The tolerance the ONNX logits reach against PyTorch (fp32, accuracy level 0), for every family.
 LOGITS_ATOL = 2e-5
@@ -78,7 +79,8 @@ def make_family_model(family: str, out: Path, tokenizer_dir: Path) -> Path:
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def built(request, tmp_path_factory, tokenizer_dir, tokenizer, rows, calib):
     """One family through the pipeline's functions: float -> AWQ int4 -> LoRA -> ONNX + adapter."""
-    from ondevice.export import export_adapter, optimize
+    from ondevice.export.build import optimize
+    from ondevice.export.onnx_lora import export_adapter
     from ondevice.finetune import train
 
     family = request.param
@@ -151,7 +153,7 @@ def _hf_weights_by_onnx_node(model, config) -> dict[str, torch.Tensor]:
 
 
 def test_shipped_int4_weights_are_the_quantized_ones(built):
-    from ondevice.quantize import load_dequantized
+    from ondevice.checkpoint import load_dequantized
     from onnx_int4 import dequantize_matmulnbits
 
     _, _, quantized_dir, _, onnx_dir = built
@@ -179,8 +181,8 @@ def test_int8_modules_ship_as_8_bit_matmulnbits(built):
 
 
 def _logits_pair(built, tokenizer, rows, adapter: bool) -> tuple[np.ndarray, np.ndarray]:
-    from ondevice.onnx_scoring import OnnxScorer
-    from ondevice.quantize import load_dequantized
+    from ondevice.checkpoint import load_dequantized
+    from ondevice.measure.onnx_scoring import OnnxScorer
     from ondevice.text import encode_example
 
     _, _, quantized_dir, lora, onnx_dir = built

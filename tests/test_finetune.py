@@ -78,7 +78,7 @@ def test_float_lora_trains_on_the_float_weights_and_evaluate_reports_int4s_gap(t
     evaluate's gap is the int4 adapter's perplexity over the float LoRA's, in %."""
     from transformers import AutoModelForCausalLM
 
-    from ondevice.evaluate import float_lora_gap, torch_loss
+    from ondevice.measure.evaluate import float_lora_gap, torch_loss
     from ondevice.text import encode_example
 
     model, history, _ = train(tiny_dir, tokenizer, rows, LORA, float_base=True)

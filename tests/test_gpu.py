@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import LORA, run_quantize
+from ondevice.checkpoint import load_dequantized
 from ondevice.finetune import train
-from ondevice.quantize import load_dequantized
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -37,7 +37,7 @@ def test_lora_trains_on_cuda(quantized_dir, tokenizer, rows):
 
 def test_cuda_requested_without_gpu_is_a_clear_error(monkeypatch):
     from ondevice.atomic import UserError
-    from ondevice.quantize import pick_device
+    from ondevice.checkpoint import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="device=cuda but torch sees no CUDA GPU"):

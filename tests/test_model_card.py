@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, stage_args
-from ondevice import model_card
-from ondevice.register import bundle_files, make_bundle, manifest
+from ondevice.ship import model_card
+from ondevice.ship.register import bundle_files, make_bundle, manifest
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 PARAMS["adapters"] = {n: PARAMS["adapters"][n] for n in ("travel", "cooking")}  # the two METRICS below cover

@@ -13,10 +13,12 @@ from azure.identity import CredentialUnavailableError
 from safetensors.torch import load_file
 
 from conftest import make_tiny_model
-from ondevice import azure, azureml_source
-from ondevice import model_source as ms
 from ondevice.atomic import UserError
-from ondevice.model_source import check_supported, embedded_gguf, load_config, materialize, resolve
+from ondevice.ship import azure
+from ondevice.sources import azureml_source
+from ondevice.sources import model_source as ms
+from ondevice.sources.embedded import embedded_gguf
+from ondevice.sources.model_source import check_supported, load_config, materialize, resolve
 
 PHI = "azureml://registries/azureml/models/Phi-3.5-mini-instruct/versions/4"
 WS = {"subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg-travel",

@@ -1,4 +1,4 @@
-"""scripts/quant_variants.py: the study behind the README's AWQ table, run on the tiny model."""
+"""studies/quant_variants.py: the study behind the README's AWQ table, run on the tiny model."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from conftest import ROOT, write_params
 
 
 def _run(tmp_path, *args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts/quant_variants.py"), "--params",
+    return subprocess.run([sys.executable, str(ROOT / "studies/quant_variants.py"), "--params",
                            str(tmp_path / "params.yaml"), *args], cwd=tmp_path, capture_output=True, text=True)
 
 

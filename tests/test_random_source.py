@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from ondevice import random_source
 from ondevice.atomic import UserError
+from ondevice.sources import random_source
 
 
 def test_shape_is_phi35_minis():

@@ -1,5 +1,5 @@
-"""Every module a stage runs is among that stage's deps in dvc.yaml, so editing it reruns the stage
-(a missing dep means `dvc repro` says "up to date" over stale results)."""
+"""Every stage's deps in dvc.yaml are exactly the modules it runs: editing one reruns the stage (a missing
+dep means `dvc repro` says "up to date" over stale results), and editing any other reruns nothing (#30)."""
 import ast
 import re
 from pathlib import Path
@@ -10,26 +10,36 @@ from conftest import ROOT
 
 # Infrastructure every stage uses that shapes no output: one-line errors, params validation, atomic writes.
 INFRASTRUCTURE = {"ondevice/__init__.py", "ondevice/atomic.py", "ondevice/cli.py", "ondevice/params.py"}
-# model_source's per-source handlers: imported inside materialize/resolve, which only the model stage runs.
-SOURCE_HANDLERS = {"ondevice/azureml_source.py", "ondevice/random_source.py", "ondevice/gguf_gemma.py",
-                   "ondevice/azure.py", "ondevice/register.py"}
 
 
-def imported_modules(path: Path, seen: set[Path] | None = None) -> set[Path]:
-    """The ondevice/*.py files a file imports, followed through their own imports (lazy ones too)."""
-    seen = set() if seen is None else seen
+def direct_imports(path: Path, packages: bool = True) -> set[Path]:
+    """The ondevice/*.py files a file imports itself (lazy imports too), with the packages they sit in
+    unless `packages` is False (importing ondevice.quantize.head runs ondevice/quantize/__init__.py),
+    and the sibling modules it names as files (Olive loads ondevice/quantize/olive_data.py by path)."""
+    out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        for name in (n for n in names if n.startswith("ondevice")):
-            base = ROOT / name.replace(".", "/")
-            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-                if candidate.exists() and candidate not in seen:
-                    seen.add(candidate)
-                    imported_modules(candidate, seen)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"\w+\.py", node.value):
+            if path.is_relative_to(ROOT / "ondevice") and (path.parent / node.value).is_file():
+                out.add(path.parent / node.value)
+        for name in (n for n in names if n.split(".")[0] == "ondevice"):
+            parts = name.split(".")
+            for i in range(1 if packages else len(parts), len(parts) + 1):
+                base = ROOT.joinpath(*parts[:i])
+                out |= {c for c in (base.with_suffix(".py"), base / "__init__.py") if c.is_file()}
+    return out - {path}
+
+
+def imported_modules(path: Path, seen: set[Path] | None = None) -> set[Path]:
+    """The ondevice/*.py files a file runs: its imports, followed through their own imports."""
+    seen = set() if seen is None else seen
+    for module in direct_imports(path) - seen:
+        seen.add(module)
+        imported_modules(module, seen)
     return seen
 
 
@@ -43,23 +53,84 @@ def stages() -> dict[str, tuple[Path, list[str], str]]:
     return out
 
 
-def uncovered(name: str, script: Path, deps: list[str]) -> list[str]:
-    used = {str(p.relative_to(ROOT)) for p in imported_modules(script)} - INFRASTRUCTURE
-    if name != "model":
-        used -= SOURCE_HANDLERS
-    return sorted(u for u in used if not any(u == d or u.startswith(d.rstrip("/") + "/") for d in deps))
+def used(script: Path) -> set[str]:
+    """What the script runs, less infrastructure and the packages' empty __init__.py files (rooms, no code)."""
+    return {str(p.relative_to(ROOT)) for p in imported_modules(script) if p.stat().st_size} - INFRASTRUCTURE
+
+
+def declared(deps: list[str]) -> set[str]:
+    """The ondevice modules the deps cover (a folder dep covers every module under it)."""
+    out = set()
+    for dep in (d for d in deps if d.startswith("ondevice")):
+        path = ROOT / dep
+        files = [path] if path.is_file() else [p for p in path.rglob("*.py") if "__pycache__" not in p.parts]
+        out |= {str(p.relative_to(ROOT)) for p in files}
+    return out
+
+
+def uncovered(script: Path, deps: list[str]) -> list[str]:
+    return sorted(used(script) - declared(deps))
 
 
 def test_every_stage_declares_the_code_it_runs():
-    missing = {name: uncovered(name, script, deps) for name, (script, deps, _) in stages().items()}
+    missing = {name: uncovered(script, deps) for name, (script, deps, _) in stages().items()}
     assert {name: m for name, m in missing.items() if m} == {}
     for name, (script, deps, _) in stages().items():
         assert str(script.relative_to(ROOT)) in deps, f"{name} does not depend on its own script"
 
 
+def test_no_stage_declares_code_it_does_not_run():
+    """An extra dep is a spurious rerun: editing that module reruns a stage whose outputs cannot change."""
+    for name, (script, deps, _) in stages().items():
+        assert [d for d in deps if d.startswith("ondevice") and not (ROOT / d).exists()] == [], name
+        assert sorted(declared(deps) - used(script)) == [], f"{name} lists modules it does not run"
+
+
+# Who reruns when a module is edited: stage names as dvc.yaml writes them (a foreach stage once).
+LISTED_BY = {
+    "ondevice/sources/model_source.py": {"model"},
+    "ondevice/sources/random_source.py": {"model"},
+    "ondevice/ship/azure.py": {"model"},
+    "ondevice/sources/embedded.py": {"model", "benchmark"},
+    "ondevice/tokenizer.py": {"model", "data", "quantize", "reference", "finetune", "float_lora", "optimize",
+                              "evaluate"},
+    "ondevice/quantize/awq.py": {"quantize", "reference"},
+    "ondevice/checkpoint.py": {"quantize", "reference", "finetune", "float_lora", "optimize", "evaluate"},
+    "ondevice/onnx_folder.py": {"optimize", "evaluate", "benchmark"},
+    "ondevice/export/builder.py": {"optimize", "benchmark"},  # the builder: our build and its reference build
+    "ondevice/export/build.py": {"optimize"},
+    "ondevice/export/onnx_lora.py": {"optimize", "adapter", "evaluate", "benchmark"},
+    "ondevice/ship/register.py": {"register"},
+}
+
+
+def test_an_edit_reruns_only_the_stages_that_run_it():
+    listed = {module: {name for name, (_, deps, _) in stages().items() if module in declared(deps)}
+              for module in LISTED_BY}
+    assert listed == LISTED_BY
+
+
 def test_a_dropped_dep_is_caught():
     script, deps, _ = stages()["evaluate"]
-    assert uncovered("evaluate", script, [d for d in deps if d != "ondevice/runtime.py"]) == ["ondevice/runtime.py"]
+    assert uncovered(script, [d for d in deps if d != "ondevice/runtime/client.py"]) == ["ondevice/runtime/client.py"]
+
+
+def test_ondevice_modules_import_no_cycle():
+    """No module imports one that imports it back, lazily or not (model_source and random_source did)."""
+    modules = [p for p in (ROOT / "ondevice").rglob("*.py") if "__pycache__" not in p.parts]
+    # a package's __init__ runs before its submodules, which is no cycle: explicit imports only
+    graph = {m: direct_imports(m, packages=False) for m in modules}
+    cycles = sorted(str(m.relative_to(ROOT)) for m in modules if m in imported_from(m, graph))
+    assert cycles == []
+
+
+def imported_from(module: Path, graph: dict[Path, set[Path]]) -> set[Path]:
+    seen, todo = set(), [module]
+    while todo:
+        for d in graph[todo.pop()] - seen:
+            seen.add(d)
+            todo.append(d)
+    return seen
 
 
 def option_defaults(script: Path) -> dict[str, object]:

@@ -15,23 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ondevice.checkpoint import pick_device, quantization_config
+from ondevice.quantize.bits import BITS, INT8_BITS
 from ondevice.text import row_text
-
-# Every algorithm writes 4-bit weights: MatMulNBits int4 is what the optimize stage builds and what
-# onnxruntime's CPU and CUDA kernels are fast at. Not a knob (#16: a knob with one allowed value).
-BITS = 4
-# The width of the projections `quantize.int8_modules` names (mixed precision): MatMulNBits' other
-# width, which onnxruntime runs on CPU (every accuracy level) and CUDA, at the same group size.
-INT8_BITS = 8
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        from ondevice.atomic import UserError
-
-        raise UserError("device=cuda but torch sees no CUDA GPU; set device: auto or cpu")
-    return device
 
 
 def calibration_ids(tokenizer, template: str, train_rows: list[dict], samples: int, seq_len: int,
@@ -92,7 +78,7 @@ def bits_per_weight(folder: Path) -> float:
     points over the weights they hold (4-bit codes at group 32 with fp32 scales: 5.125)."""
     from safetensors import safe_open
 
-    qc = json.loads((Path(folder) / "config.json").read_text())["quantization_config"]
+    qc = quantization_config(folder)
     stored, weights = 0, 0
     for file in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(file, "pt") as f:
@@ -181,8 +167,8 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     for item in produced.iterdir():
         if item.is_file():
             shutil.copy2(item, out_dir / item.name)
-    from ondevice.model_source import copy_tokenizer
     from ondevice.quantize.head import head_input_gram, round_head
+    from ondevice.tokenizer import copy_tokenizer
 
     copy_tokenizer(float_dir, out_dir)
     # rtn stays calibration-free (the reference stage's baseline): its head is rounded to nearest
@@ -196,59 +182,18 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     return {"algorithm": algo, "seconds": round(seconds, 2), "device": device,
             "calibration_tokens": 0 if calib is None else int(calib.numel()), "bits": BITS,
             "group_size": q["group_size"], "int8_projections": len(overrides),
-            "bits_per_weight": bits_per_weight(out_dir)}
+            "bits_per_weight": bits_per_weight(out_dir), "machine": machine(device)}
 
 
-@torch.no_grad()
-def load_dequantized(folder: str | Path, dtype=torch.float32, device: str = "cpu"):
-    """The quantized checkpoint as a plain float model whose weights are exactly dequant(q).
+def machine(device: str) -> dict:
+    """What computed the model: the same params give int4 codes that differ in a few ties on another
+    CPU kind or kernel set (README "Same params, another machine"), so the metrics say which one."""
+    import platform
 
-    peft cannot wrap Olive's QuantLinear, so training uses this view: the frozen base weights are
-    the same numbers the int4 ONNX model multiplies with. Unpacked and dequantized on `device`, in
-    a model built there without random initialisation (every weight is then loaded, checked below):
-    for a 3.8 B model on a GPU that is seconds instead of a minute of CPU work.
-    """
-    from olive.common.quant.utils import WeightQuantizer, unpack_from_uint8
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    folder = Path(folder)
-    config = AutoConfig.from_pretrained(folder)
-    qc = config.quantization_config
-    qc = qc if isinstance(qc, dict) else qc.to_dict()
-    delattr(config, "quantization_config")
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(file, device=device))
-    state = {}
-    for name, t in tensors.items():
-        if name.endswith(".qweight"):
-            base = name[: -len(".qweight")]
-            over = (qc.get("overrides") or {}).get(base, {}) or {}
-            bits, gs = over.get("bits", qc["bits"]), over.get("group_size", qc["group_size"])
-            sym = over.get("symmetric", qc["symmetric"])
-            scales = tensors[base + ".scales"]
-            rows, groups = scales.shape
-            cols = t.shape[1] * 8 // bits
-            q = unpack_from_uint8(t, bits, (rows, cols))
-            quantizer = WeightQuantizer(bits=bits, symmetric=sym, group_size=gs)
-            if base + ".qzeros" in tensors:
-                zp = unpack_from_uint8(tensors[base + ".qzeros"], bits, (rows, groups))
-            else:
-                zp = torch.full((rows, groups), quantizer.midq, dtype=torch.int32, device=device)
-            state[base + ".weight"] = quantizer.dequantize(q, scales.float(), zp).to(dtype)
-        elif name.endswith((".scales", ".qzeros")):
-            continue
-        else:
-            state[name] = t.to(dtype) if t.is_floating_point() else t
-    with torch.device(device), no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    model.eval()
-    return model
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    out = {"cpu": cpu, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch_threads": torch.get_num_threads()}
+    if device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out

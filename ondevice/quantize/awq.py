@@ -25,7 +25,7 @@ from olive.passes.pytorch.quant_utils import QuantInfo
 from torch import nn
 from tqdm.auto import tqdm
 
-from ondevice.quantize import BITS, INT8_BITS
+from ondevice.quantize.bits import BITS, INT8_BITS
 from ondevice.quantize.gptq_round import gptq_round
 
 logger = logging.getLogger(__name__)

@@ -56,7 +56,7 @@ def head_gptq(weight: torch.Tensor, gram: torch.Tensor, block_size: int, damp: f
 @torch.no_grad()
 def head_input_gram(folder: Path, calib: torch.Tensor, device: str) -> torch.Tensor:
     """X^T X / n of the head's input: the int4 decoder's (folder, head still float) final hidden states."""
-    from ondevice.quantize import load_dequantized
+    from ondevice.checkpoint import load_dequantized
 
     model = load_dequantized(folder, device=device)
     x = model.model(input_ids=calib.to(device)).last_hidden_state.float()
