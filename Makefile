@@ -144,6 +144,23 @@ endif
 	  -f docker/Dockerfile -t $(IMAGE) .
 	rm -f docker/wheels/*.whl
 
+docker-build-cuda-local:  ## the CUDA flavour on the debootstrap base (after docker-base; no registry): build, import check, cuda_check -> reports/container_cuda.json
+	set -e; t0=$$(date +%s); \
+	$(MAKE) --no-print-directory docker-build BASE=$(LOCAL_BASE) FLAVOUR=cuda IMAGE=ondevice-llm:cuda; \
+	build_s=$$(( $$(date +%s) - t0 )); \
+	size=$$($(CONTAINER) image inspect ondevice-llm:cuda --format '{{.Size}}'); \
+	imports=$$($(CONTAINER) run $(RUN_OPTS) ondevice-llm:cuda python -c "import torch, onnxruntime as o, \
+	  onnxruntime_genai as g; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnxruntime', \
+	  o.__version__, 'onnxruntime-genai', g.__version__, o.get_available_providers())"); \
+	check=$$($(CONTAINER) run $(RUN_OPTS) ondevice-llm:cuda python -m ondevice.runtime.cuda_check 2>&1) && rc=0 || rc=$$?; \
+	echo "$$imports"; echo "cuda_check (exit $$rc): $$check"; \
+	$(PY) -c 'import json, sys; k = ("image_bytes", "build_s", "imports", "cuda_check", "cuda_check_exit", "host_cpu", "host_gpu"); \
+	  v = sys.argv[1:]; r = dict(zip(k, v)); r.update(image_bytes=int(r["image_bytes"]), build_s=int(r["build_s"]), \
+	  cuda_check_exit=int(r["cuda_check_exit"]), image="ondevice-llm:cuda", flavour="cuda", base="$(LOCAL_BASE)", \
+	  engine="$(ENGINE)"); open("reports/container_cuda.json", "w").write(json.dumps(r, indent=2, sort_keys=True) + "\n")' \
+	  "$$size" "$$build_s" "$$imports" "$$check" "$$rc" "$$(lscpu | sed -n 's/^Model name: *//p')" "$$(nvidia-smi -L 2>/dev/null || echo none)"; \
+	cat reports/container_cuda.json
+
 docker-run:  ## the pipeline in the container on this checkout: `dvc repro`, or `dvc exp run` when ARGS has -S
 	$(CONTAINER) run $(RUN_OPTS) $(IMAGE) dvc $(if $(filter -S --set-param,$(ARGS)),exp run,repro) $(ARGS)
 

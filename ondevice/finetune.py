@@ -138,3 +138,17 @@ def train(base_dir, tokenizer, train_rows: list[dict], p: dict, log=None,
     if device == "cuda":
         summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return model, history, summary
+
+
+def run(base: Path, train_path: Path, out_dir: Path, cfg, float_base: bool = False, log=None) -> dict:
+    """The finetune@NAME stage (float_lora@NAME with float_base): LoRA as cfg (a params.AdapterConfig)
+    says, on the model in `base`, over the rows in train_path; the adapter saved in out_dir (peft's
+    format); returns the summary metrics. log(step) is called after every step."""
+    from transformers import AutoTokenizer
+
+    from ondevice.data import read_jsonl
+
+    model, _, summary = train(base, AutoTokenizer.from_pretrained(base), read_jsonl(train_path), cfg, log,
+                              float_base=float_base)
+    model.save_pretrained(out_dir)
+    return summary

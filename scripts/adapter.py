@@ -3,7 +3,6 @@
 What Olive's ExtractAdapters step produces, but read from the base graph's own LoRA inputs, so the
 file's names and shapes match the model it will be loaded into (checked before writing).
 """
-import tempfile
 from pathlib import Path
 
 import click
@@ -11,7 +10,7 @@ import click
 from ondevice import params as P
 from ondevice.atomic import write_json
 from ondevice.cli import params_option, stage
-from ondevice.export.onnx_lora import export_adapter
+from ondevice.export.onnx_lora import run
 
 
 @click.command()
@@ -23,12 +22,8 @@ from ondevice.export.onnx_lora import export_adapter
 @click.option("--metrics", required=True)
 @stage
 def main(params_path, name, lora, onnx_dir, out, metrics):
-    P.adapter_config(P.load(params_path), name)  # an unknown name fails here, in one line
-    lora, out, metrics = Path(lora), Path(out), Path(metrics)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # same filesystem: the rename is atomic
-        info = export_adapter(lora, Path(onnx_dir), Path(tmp) / out.name)
-        (Path(tmp) / out.name).replace(out)
+    cfg = P.adapter(P.load(params_path), name)  # an unknown name fails here, in one line
+    info = run(Path(lora), Path(onnx_dir), Path(out), cfg)
     write_json(metrics, info)
     click.echo(f"{name}: r={info['rank']}, {info['parameters']} parameters, {info['adapter_mb']} MB -> {out}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ondevice import params as P
-from ondevice.atomic import write_csv, write_json
+from ondevice.atomic import write_json
 from ondevice.cli import params_option, stage
 from ondevice.live import log_summary
 from ondevice.measure.benchmark import headline, run, summary_lines
@@ -22,12 +22,12 @@ from ondevice.measure.benchmark import headline, run, summary_lines
 @click.option("--live", "live_dir", required=True)
 @stage
 def main(params_path, onnx_dir, adapters_dir, base, metrics, plots_dir, live_dir):
-    result, plots = run(P.load(params_path), Path(onnx_dir), Path(adapters_dir), Path(base))
-    for name, rows in plots.items():
-        write_csv(Path(plots_dir) / f"{name}.csv", rows)
+    params = P.load(params_path)
+    result = run(Path(onnx_dir), Path(adapters_dir), Path(base), list(params["adapters"]), params["model"]["source"],
+                 Path(plots_dir), P.section(params, "benchmark"))
     write_json(metrics, result)
     log_summary(live_dir, headline(result))
-    for line in summary_lines(result, plots):
+    for line in summary_lines(result):
         click.echo(line)
 
 

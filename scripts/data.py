@@ -1,14 +1,14 @@
 """Stage `data@NAME`: validate one adapter's task data (JSONL, CSV or Parquet; prompt/response or chat
 messages), drop rows that finetune.seq_len would cut before their answer, and split the rest into
 train and eval, deterministically."""
+from pathlib import Path
+
 import click
-from transformers import AutoTokenizer
 
 from ondevice import params as P
 from ondevice.atomic import atomic_dir, write_json
 from ondevice.cli import params_option, stage
-from ondevice.data import read_rows, split, stats, write_jsonl
-from ondevice.text import keep_answerable
+from ondevice.prepare import run
 
 
 @click.command()
@@ -20,22 +20,10 @@ from ondevice.text import keep_answerable
 @stage
 def main(params_path, name, base, out, metrics):
     params = P.load(params_path)
-    d, cfg = params["data"], P.adapter_config(params, name)
-    rows, warnings = read_rows(cfg["data"], f"adapters.{name}.data")
-    rows, dropped = keep_answerable(AutoTokenizer.from_pretrained(base), cfg["template"], rows, cfg["seq_len"],
-                                    cfg["data"])
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
-    if dropped:
-        click.echo(f"warning: {cfg['data']}: {dropped} of {len(rows) + dropped} rows leave no response token within "
-                   f"finetune.seq_len={cfg['seq_len']} tokens and were dropped; raise finetune.seq_len or shorten "
-                   "their prompts", err=True)
-    train, evals = split(rows, d["eval_fraction"], d["seed"])
     with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "train.jsonl", train)
-        write_jsonl(tmp / "eval.jsonl", evals)
-    write_json(metrics, stats(train, evals, warnings, dropped))
-    click.echo(f"{len(train)} train / {len(evals)} eval rows -> {out}")
+        result = run(P.adapter(params, name), Path(base), Path(tmp), P.section(params, "data"))
+    write_json(metrics, result)
+    click.echo(f"{result['rows_train']} train / {result['rows_eval']} eval rows -> {out}")
 
 
 if __name__ == "__main__":

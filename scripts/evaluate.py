@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ondevice import params as P
-from ondevice.atomic import write_json, write_text
+from ondevice.atomic import write_json
 from ondevice.cli import params_option, stage
 from ondevice.live import log_summary
 from ondevice.measure.evaluate import headline, run, summary_lines
@@ -28,12 +28,12 @@ from ondevice.measure.evaluate import headline, run, summary_lines
 def main(params_path, base, quantized, references, float_loras, onnx_dir, adapters_dir, prepared, metrics, samples,
          live_dir):
     params = P.load(params_path)
-    result, samples_md = run(params, *map(Path, (base, quantized, references, float_loras, onnx_dir, adapters_dir,
-                                                 prepared)))
+    adapters = P.adapters(params)
+    inputs = map(Path, (base, quantized, references, float_loras, onnx_dir, adapters_dir, prepared))
+    result = run(*inputs, adapters, Path(samples), P.section(params, "evaluate"))
     write_json(metrics, result)
-    write_text(samples, samples_md)
-    log_summary(live_dir, headline(result, list(params["adapters"])))
-    for line in summary_lines(result, list(params["adapters"])):
+    log_summary(live_dir, headline(result, list(adapters)))
+    for line in summary_lines(result, list(adapters)):
         click.echo(line)
 
 

@@ -3,14 +3,14 @@ step logged with DVCLive (dvc plots, and the last step in dvc exp show).
 
 Stage `float_lora@NAME` runs it with --float-base: the same LoRA (data, steps, seed) on the float
 model, so evaluate can show what int4 costs after finetuning."""
+from pathlib import Path
+
 import click
-from transformers import AutoTokenizer
 
 from ondevice import params as P
 from ondevice.atomic import atomic_dir, write_json
 from ondevice.cli import params_option, stage
-from ondevice.data import read_jsonl
-from ondevice.finetune import train
+from ondevice.finetune import run
 from ondevice.live import live
 
 
@@ -25,19 +25,16 @@ from ondevice.live import live
 @click.option("--live", "live_dir", required=True)
 @stage
 def main(params_path, name, base, float_base, train_path, out, metrics, live_dir):
-    f = P.adapter_config(P.load(params_path), name)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    with live(live_dir) as session:
+    cfg = P.adapter(P.load(params_path), name)
+    with live(live_dir) as session, atomic_dir(out) as tmp:
         def log(step: dict) -> None:
             session.log_metric("loss", step["loss"])
             session.log_metric("lr", step["lr"])
             session.next_step()
 
-        model, history, summary = train(base, tokenizer, read_jsonl(train_path), f, log, float_base=float_base)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
+        summary = run(Path(base), Path(train_path), tmp, cfg, float_base, log)
     write_json(metrics, summary)
-    click.echo(f"{name}: LoRA r={f['r']} on the {'float' if float_base else 'int4'} base: loss "
+    click.echo(f"{name}: LoRA r={cfg.r} on the {'float' if float_base else 'int4'} base: loss "
                f"{summary['train_loss_first']} -> {summary['train_loss_last']} in {summary['seconds']} s -> {out}")
 
 

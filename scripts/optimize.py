@@ -1,19 +1,14 @@
 """Stage `optimize`: the int4 ONNX base model for onnxruntime-genai, with LoRA inputs for any adapter,
 its int4 compute precision (MatMulNBits accuracy_level) as params.yaml sets it or as `auto` measures it."""
-import tempfile
 from pathlib import Path
 
 import click
-from transformers import AutoTokenizer
 
 from ondevice import params as P
-from ondevice import threads
-from ondevice.atomic import UserError, atomic_dir, folder_bytes, require_free_space, write_json
+from ondevice.atomic import atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
-from ondevice.data import read_jsonl
-from ondevice.export.accuracy_level import ship_accuracy_level
-from ondevice.export.build import optimize
-from ondevice.text import encode_example
+from ondevice.export.accuracy_level import auto_examples
+from ondevice.export.build import run
 
 
 @click.command()
@@ -26,19 +21,11 @@ from ondevice.text import encode_example
 @stage
 def main(params_path, quantized, eval_rows, adapter, out, metrics):
     params = P.load(params_path)
-    o = params["optimize"]
-    examples = None
-    if o["int4_accuracy_level"] == "auto":  # before the build: a missing split fails in a second
-        if not Path(eval_rows).exists():
-            raise UserError(f"{eval_rows} missing (optimize.int4_accuracy_level=auto scores on it); "
-                            f"run `dvc repro data@{adapter}` or set a level")
-        config, tokenizer = P.adapter_config(params, adapter), AutoTokenizer.from_pretrained(quantized)
-        rows = read_jsonl(Path(eval_rows))[: o["auto_level_rows"]]
-        examples = [encode_example(tokenizer, config["template"], r, config["seq_len"]) for r in rows]
+    cfg = P.section(params, "optimize")
+    examples = auto_examples(Path(eval_rows), P.adapter(params, adapter), Path(quantized), cfg)
     require_free_space(out, int(1.5 * folder_bytes(quantized)), "the ONNX model")
-    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
-        result = optimize(Path(quantized), tmp, o, Path(work))
-        result["accuracy_level"] = ship_accuracy_level(tmp, o, examples, threads.count())
+    with atomic_dir(out) as tmp:
+        result = run(Path(quantized), examples, tmp, cfg)
     write_json(metrics, result)
     level = result["accuracy_level"]
     click.echo(f"int4 ONNX {result['model_mb']} MB, LoRA inputs on {result['lora_nodes']} projections, "

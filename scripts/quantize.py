@@ -1,5 +1,4 @@
 """Stage `quantize`: 4-bit weight-only quantization (AWQ, or Olive's RTN/GPTQ) in Olive's format."""
-import tempfile
 from pathlib import Path
 
 import click
@@ -8,7 +7,7 @@ from transformers import AutoConfig
 from ondevice import params as P
 from ondevice.atomic import atomic_dir, folder_bytes, require_free_space, write_json
 from ondevice.cli import params_option, stage
-from ondevice.quantize import calibration_for, quantize
+from ondevice.quantize import calibration_for, run
 
 
 @click.command()
@@ -21,15 +20,15 @@ from ondevice.quantize import calibration_for, quantize
 @stage
 def main(params_path, base, train_path, out, metrics):
     params = P.load(params_path)
-    q = params["quantize"]
+    cfg = P.section(params, "quantize")
     P.check_model_fit(params, AutoConfig.from_pretrained(base))
     # Olive's working copy plus the packed output: about the size of the float base, with margin
     require_free_space(out, int(1.5 * folder_bytes(base)), "the quantized model")
     calib = calibration_for(params, Path(base), Path(train_path))
-    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
-        result = quantize(Path(base), tmp, q, calib, Path(work))
+    with atomic_dir(out) as tmp:
+        result = run(Path(base), calib, tmp, cfg)
     write_json(metrics, result)
-    click.echo(f"{q['algorithm']} int{result['bits']} g{q['group_size']} in {result['seconds']} s -> {out}")
+    click.echo(f"{cfg.algorithm} int{result['bits']} g{cfg.group_size} in {result['seconds']} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -61,3 +61,18 @@ def test_auto_rewrites_only_the_graph_never_the_int4_weights(auto_record, onnx_d
 
 def test_a_fixed_level_is_recorded_as_params_set_it(onnx_dir):
     assert level_record(onnx_dir) == {"accuracy_level": 0, "chosen_by": "params", "min_top1_agreement": 0.95}
+
+
+def test_auto_on_a_cuda_build_scores_one_level_and_clocks_none(onnx_dir, tokenizer, rows, tmp_path,
+                                                               monkeypatch):
+    """The CUDA MatMulNBits kernel computes in fp16 at every level: clocking five levels there (41 s at
+    3.8 B on the H200) measured noise. The CPU-built folder stands in for one, scored on the CPU."""
+    from ondevice import child
+
+    built = tmp_path / "onnx"
+    shutil.copytree(onnx_dir, built)
+    monkeypatch.setattr(child, "in_child", lambda *a, **k: pytest.fail("a CUDA build's levels were clocked"))
+    examples = [encode_example(tokenizer, "chat", r, 96) for r in rows[:3]]
+    record = ship_accuracy_level(built, {**OPT, "int4_accuracy_level": "auto", "provider": "cuda"}, examples)
+    assert set(record["candidates"]) == {"0"} and record["accuracy_level"] == 0 and record["chosen_by"] == "auto"
+    assert record["candidates"]["0"]["passed"]

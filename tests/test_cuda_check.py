@@ -49,6 +49,16 @@ def test_chat_exits_2_with_one_line(tmp_path):
     assert out.stdout == ""  # nothing was generated on CPU instead
 
 
+def test_the_check_alone_exits_2_with_one_line_where_cuda_cannot_run(tmp_path):
+    """`python -m ondevice.runtime.cuda_check`, what the CUDA image runs after its build (docs/container.md)."""
+    out = subprocess.run([os.path.abspath(sys.executable), "-m", "ondevice.runtime.cuda_check"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: this check asks for CUDA"), out.stderr
+    assert "install the NVIDIA driver >= 580" in lines[0] and out.stdout == ""
+
+
 def test_cpu_models_and_cpu_overlays_are_not_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(cuda_check, "cuda_provider_problem", lambda: pytest.fail("checked a CPU model"))
     assert cuda_check.model_providers(gpu_model(tmp_path / "cpu", provider_options=())) == []

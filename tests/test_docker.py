@@ -32,15 +32,18 @@ def run_in_copy(tmp_path, command: str) -> str:
 def test_one_cuda_13_stack_on_the_setup_pin_file(tmp_path):
     assert re.search(r"^ARG BASE=nvidia/cuda:13\.0\.\d+-cudnn-runtime-ubuntu24\.04$", DOCKERFILE, re.M)
     assert re.search(r"^FROM \$\{BASE\}$", DOCKERFILE, re.M)
-    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130" in DOCKERFILE
+    # PyPI's torch 2.13.0 is itself the CUDA 13 build (cuda-toolkit 13.0.3 and cuDNN wheels): no index of its own
+    assert "TORCH_INDEX" not in DOCKERFILE and "download.pytorch.org" not in DOCKERFILE
     assert "COPY requirements.txt requirements-nodeps.txt" in DOCKERFILE
     assert "pip install --no-cache-dir -r requirements-image.txt" in DOCKERFILE
     assert "pip install --no-cache-dir --no-deps -r requirements-nodeps.txt" in DOCKERFILE
     assert "deadsnakes" not in DOCKERFILE and "python3 python3-venv" in DOCKERFILE  # the base's own Python
-    # torch: the pin line of requirements.txt, from the cu130 index (cuda) or the mounted wheels (cpu)
+    # torch: the pin line of requirements.txt, from PyPI (cuda) or the mounted wheels (cpu)
     out = run_in_copy(tmp_path, dockerfile_command(r"grep -oE '\^torch==[^>]+> requirements-torch\.txt"))
     assert (out / "requirements-torch.txt").read_text().split() == [f"torch=={PINS['torch']}"]
-    assert '--index-url "${TORCH_INDEX}" -r requirements-torch.txt' in DOCKERFILE
+    assert "pip install --no-cache-dir -r requirements-torch.txt" in DOCKERFILE
+    # the CUDA and cuDNN libraries of those wheels on the loader's path, for onnxruntime-gpu too
+    assert "/etc/ld.so.conf.d/nvidia-wheels.conf && ldconfig" in DOCKERFILE
     assert "--no-deps --no-index --find-links /wheels -r requirements-torch.txt" in DOCKERFILE
     # the GPU swap: exactly the two runtime packages renamed, at the versions of `make setup`
     run_in_copy(tmp_path, dockerfile_command(r"sed -e 's/\^onnxruntime==/.*?> requirements-image\.txt"))

@@ -108,14 +108,15 @@ def test_awq_scale_folding_keeps_each_family_float_layer_identical(built, calib)
     from transformers import AutoModelForCausalLM
 
     from ondevice.quantize import awq as A
+    from ondevice.quantize.activations import capture_first_layer_inputs, record_input_stats
 
     model = AutoModelForCausalLM.from_pretrained(built[1], dtype=torch.float32).eval()
     wrapper = ModelWrapper.from_model(model)
-    hidden, args, kwargs = A.capture_first_layer_inputs(wrapper, calib[:2], "cpu")
+    hidden, args, kwargs = capture_first_layer_inputs(wrapper, calib[:2], "cpu")
     layer_wrapper = wrapper.get_layer_wrappers()[0]
     before = layer_wrapper.layer(hidden, *args, **kwargs)
     stats = {}
-    hooks = A.record_input_stats(layer_wrapper.layer, stats)
+    hooks = record_input_stats(layer_wrapper.layer, stats)
     layer_wrapper.layer(hidden, *args, **kwargs)
     for h in hooks:
         h.remove()

@@ -71,3 +71,16 @@ def test_unreadable_yaml(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(UserError, match="is not valid YAML"):
         P.load(bad)
+
+
+def test_a_stage_gets_its_section_typed_read_only_and_readable_as_a_mapping():
+    params = P.validate(copy.deepcopy(GOOD))
+    q = P.section(params, "quantize")
+    assert q.group_size == q["group_size"] == GOOD["quantize"]["group_size"] and dict(**q) == GOOD["quantize"]
+    with pytest.raises(Exception, match="frozen"):
+        q.group_size = 64
+    name = next(iter(GOOD["adapters"]))
+    a = P.adapter(params, name)
+    assert a.name == name and a.data == GOOD["adapters"][name]["data"]
+    effective = {**GOOD["finetune"], **GOOD["adapters"][name]}  # the finetune defaults, then the adapter's own
+    assert {k: a[k] for k in effective} == effective

@@ -14,6 +14,7 @@ from conftest import AWQ_NO_CLIP, run_quantize
 from ondevice.checkpoint import load_dequantized
 from ondevice.quantize import awq as A
 from ondevice.quantize import gptq_round as G
+from ondevice.quantize.activations import capture_first_layer_inputs, record_input_stats
 from ondevice.quantize.head import ort_int4_fake_quant
 
 
@@ -61,13 +62,13 @@ def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     wrapper = ModelWrapper.from_model(model)
-    hidden, args, kwargs = A.capture_first_layer_inputs(wrapper, calib[:2], "cpu")
+    hidden, args, kwargs = capture_first_layer_inputs(wrapper, calib[:2], "cpu")
     layer_wrapper = wrapper.get_layer_wrappers()[0]
     layer = layer_wrapper.layer
     before = layer(hidden, *args, **kwargs)
     before = before[0] if isinstance(before, tuple) else before
     stats = {}
-    hooks = A.record_input_stats(layer, stats)
+    hooks = record_input_stats(layer, stats)
     layer(hidden, *args, **kwargs)
     for h in hooks:
         h.remove()

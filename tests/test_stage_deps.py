@@ -8,8 +8,10 @@ import yaml
 
 from conftest import ROOT
 
-# Infrastructure every stage uses that shapes no output: one-line errors, params validation, atomic writes.
-INFRASTRUCTURE = {"ondevice/__init__.py", "ondevice/atomic.py", "ondevice/cli.py", "ondevice/params.py"}
+# Infrastructure every stage uses that shapes no output: one-line errors, params validation and its
+# schema (DVC tracks the values as params), atomic writes.
+INFRASTRUCTURE = {"ondevice/__init__.py", "ondevice/atomic.py", "ondevice/cli.py", "ondevice/params.py",
+                  "ondevice/sections.py"}
 
 
 def direct_imports(path: Path, packages: bool = True) -> set[Path]:
@@ -154,3 +156,21 @@ def test_paths_live_only_in_dvc_yaml():
         cmd = cmd.split()
         required = [f for f, d in options.items() if d is None and f not in ("--params", "--float-base")]
         assert [f for f in required if f not in cmd] == [], f"{name}: dvc.yaml's cmd lacks some of {required}"
+
+
+def test_every_stage_is_one_run_with_its_typed_section():
+    """The stage contract (README "The pipeline"): each script is a short click shell that calls one
+    library `run(inputs..., out_dir, cfg) -> metrics`, cfg being its params section as a typed object."""
+    import importlib
+    import inspect
+
+    outputs = {"out_dir", "out", "out_path", "card", "plots_dir"}  # a folder, or the file the stage writes
+    for name, (script, _, _) in stages().items():
+        source = script.read_text()
+        runs = [node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+                and node.module and node.module.startswith("ondevice") and any(a.name == "run" for a in node.names)]
+        assert len(runs) == 1, f"{script.name} should import one library run()"
+        params = list(inspect.signature(importlib.import_module(runs[0]).run).parameters)
+        assert "cfg" in params and params[params.index("cfg") - 1] in outputs, (name, params)
+        assert "P.section(" in source or "P.adapter(" in source, f"{script.name} passes a typed section"
+        assert len(source.splitlines()) <= 45, f"{script.name} is a shell of about 40 lines"

@@ -58,24 +58,28 @@ def pick_level(candidates: dict[int, dict], min_agreement: float) -> int:
     return min(level for level, c in passing.items() if c["decode_tok_s"] * (1 + SPEED_MARGIN) >= fastest)
 
 
-def choose_accuracy_level(onnx_dir: Path, examples: list[dict], min_agreement: float, threads: int = 0) -> dict:
+def choose_accuracy_level(onnx_dir: Path, examples: list[dict], min_agreement: float, threads: int = 0,
+                          on_cuda: bool = False) -> dict:
     """`optimize.int4_accuracy_level: auto`: every level is written into onnx_dir's graph in turn, scored
     against fp32 on onnxruntime's CPU kernels exactly as the kernel guard scores it (teacher-forced
     greedy agreement and KL over `examples`) and clocked through onnxruntime-genai in a child process;
-    the graph is left at the fastest level whose agreement is at or above min_agreement."""
+    the graph is left at the fastest level whose agreement is at or above min_agreement.
+    A CUDA build (on_cuda) computes in fp16 at every level: only level 0 is scored (the bar still holds),
+    none clocked."""
     from ondevice.child import in_child
 
     exact = MemoScorer(OnnxScorer(onnx_dir, threads, accuracy_level=0, on_cpu=True))
     candidates = {}
-    for level in LEVELS:
+    for level in (0,) if on_cuda else LEVELS:
         set_accuracy_level(onnx_dir, level)
         shipped = OnnxScorer(onnx_dir, threads)
         guard = kernel_guard(shipped, exact, {"eval": examples}, {"eval": None}, level, min_agreement)
         del shipped  # one session of the model at a time beside the reference
-        speed = in_child(level_decode, onnx_dir=str(onnx_dir))
         scores = guard["on_eval"]
         candidates[level] = {"top1_agreement": scores["top1_agreement"], "mean_kl": scores["mean_kl"],
-                             "decode_tok_s": round(speed["decode_tok_s"], 2), "passed": guard["passed"]}
+                             "passed": guard["passed"]}
+        candidates[level]["decode_tok_s"] = 0.0 if on_cuda else \
+            round(in_child(level_decode, onnx_dir=str(onnx_dir))["decode_tok_s"], 2)
     chosen = pick_level(candidates, min_agreement)
     set_accuracy_level(onnx_dir, chosen)
     return {"chosen": chosen, "tokens": guard["on_eval"]["tokens"],
@@ -90,8 +94,28 @@ def ship_accuracy_level(onnx_dir: Path, o: dict, examples: list[dict] | None, th
               "min_top1_agreement": o["min_top1_agreement"]}
     if o["int4_accuracy_level"] == "auto":
         t0 = time.perf_counter()
-        choice = choose_accuracy_level(onnx_dir, examples, o["min_top1_agreement"], threads)
+        choice = choose_accuracy_level(onnx_dir, examples, o["min_top1_agreement"], threads, o["provider"] == "cuda")
         record.update(accuracy_level=choice.pop("chosen"), chosen_by="auto",
                       choose_seconds=round(time.perf_counter() - t0, 1), **choice)
     (Path(onnx_dir) / LEVEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def auto_examples(eval_rows: Path, adapter, tokenizer_dir: Path, cfg) -> list[dict] | None:
+    """The encoded eval rows `auto` scores the levels on (cfg: params.Optimize; adapter: the
+    params.AdapterConfig the rows belong to), or None when a level is set. Called before the build,
+    so a missing split fails in a second."""
+    from transformers import AutoTokenizer
+
+    from ondevice.atomic import UserError
+    from ondevice.data import read_jsonl
+    from ondevice.text import encode_example
+
+    if cfg.int4_accuracy_level != "auto":
+        return None
+    if not Path(eval_rows).exists():
+        raise UserError(f"{eval_rows} missing (optimize.int4_accuracy_level=auto scores on it); "
+                        f"run `dvc repro data@{adapter.name}` or set a level")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = read_jsonl(Path(eval_rows))[: cfg.auto_level_rows]
+    return [encode_example(tokenizer, adapter.template, r, adapter.seq_len) for r in rows]

@@ -142,3 +142,18 @@ def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
         "lora_nodes": len(targets),
     }
 
+
+
+def run(quantized: Path, examples: list[dict] | None, out_dir: Path, cfg) -> dict:
+    """The optimize stage: the checkpoint in `quantized` built as cfg (a params.Optimize) says into the
+    empty folder out_dir, then its accuracy level chosen (auto, on the encoded eval `examples` that
+    accuracy_level.auto_examples gives) or set; returns its metrics."""
+    import tempfile
+
+    from ondevice import threads
+    from ondevice.export.accuracy_level import ship_accuracy_level
+
+    with tempfile.TemporaryDirectory() as work:  # the builder's cache and unfused input
+        result = optimize(quantized, out_dir, cfg, Path(work))
+    result["accuracy_level"] = ship_accuracy_level(out_dir, cfg, examples, threads.count())
+    return result

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ondevice.atomic import UserError
+
 NODE_RE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMulNBits$")
 # projection name in the ONNX graph -> the HF projections it is made of, in column order
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -194,7 +196,6 @@ def bad_adapter(path: Path, error: Exception):
     """The UserError for an adapter file onnxruntime refused (a cut-off download, or no file at all):
     one line naming the file and the stage that rebuilds it. onnxruntime's message is
     `<source>:<line> <C++ signature> <explanation>`: only the explanation is kept."""
-    from ondevice.atomic import UserError
 
     name = Path(path).name.removesuffix(".onnx_adapter")
     if not Path(path).is_file():
@@ -259,3 +260,21 @@ def export_adapter(lora_dir: Path, onnx_dir: Path, path: Path) -> dict:
     return {"rank": cfg["r"], "alpha": cfg["lora_alpha"], "target_modules": sorted(cfg["target_modules"]),
             "parameters": int(sum(a.size for a in arrays.values())),
             "adapter_mb": round(path.stat().st_size / 1e6, 3)}
+
+
+def run(lora_dir: Path, onnx_dir: Path, out_path: Path, cfg) -> dict:
+    """The adapter@NAME stage: the LoRA in lora_dir as the .onnx_adapter file out_path for the model in
+    onnx_dir (written beside it, then renamed: never half a file); cfg: the params.AdapterConfig it was
+    trained with, checked against the folder so a stale LoRA fails in one line."""
+    import tempfile
+
+    trained = json.loads((lora_dir / "adapter_config.json").read_text())
+    if trained["r"] != cfg.r or sorted(trained["target_modules"]) != sorted(cfg.target_modules):
+        raise UserError(f"{lora_dir} holds r={trained['r']} on {sorted(trained['target_modules'])}, but params.yaml "
+                        f"asks adapters.{cfg.name} for r={cfg.r} on {sorted(cfg.target_modules)}; "
+                        f"run `dvc repro finetune@{cfg.name}`")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:  # same filesystem: the rename is atomic
+        info = export_adapter(lora_dir, onnx_dir, Path(tmp) / out_path.name)
+        (Path(tmp) / out_path.name).replace(out_path)
+    return info

@@ -111,48 +111,57 @@ def headline(m: dict) -> dict:
     return out
 
 
-def run(params: dict, onnx_dir: Path, adapters_dir: Path, float_dir: Path) -> tuple[dict, dict]:
+def run(onnx_dir: Path, adapters_dir: Path, float_dir: Path, names: list[str], source: str, plots_dir: Path,
+        cfg) -> dict:
     """The benchmark stage: a CPU build measured on the CPU (benchmark above), a CUDA build on the GPU
-    (benchmark_cuda) or not at all. Every adapter file is read first, so a cut-off one fails in one
-    line before any timing. Returns (metrics, plot rows by plot name)."""
+    (benchmark_cuda). cfg: the params.Benchmark section; names: the adapters to measure; source:
+    model.source (llama.cpp's GGUF). Every adapter file is read first, so a cut-off one fails in one line
+    before any timing. Writes one CSV per plot into plots_dir; returns the metrics."""
+    from ondevice.atomic import write_csv
     from ondevice.export.onnx_lora import read_adapter
     from ondevice.measure.benchmark_cuda import benchmark as benchmark_cuda
     from ondevice.runtime.cuda_check import model_providers, require_cuda_provider
 
-    gguf = llama_cpp_gguf(params)
-    adapters = {n: adapters_dir / f"{n}.onnx_adapter" for n in params["adapters"]}
+    gguf = llama_cpp_gguf(cfg, source)
+    adapters = {n: adapters_dir / f"{n}.onnx_adapter" for n in names}
     for path in adapters.values():
         read_adapter(path)
+    b = cfg.model_dump()  # plain JSON: every engine runs in a child process (ondevice.child)
     if "cuda" in model_providers(onnx_dir):
         require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
-        return benchmark_cuda(onnx_dir, adapters, float_dir, params["benchmark"])
-    return benchmark(onnx_dir, adapters, float_dir, params["benchmark"], gguf)
+        metrics, plots = benchmark_cuda(onnx_dir, adapters, float_dir, b)
+    else:
+        metrics, plots = benchmark(onnx_dir, adapters, float_dir, b, gguf)
+    for name, rows in plots.items():
+        write_csv(plots_dir / f"{name}.csv", rows)
+    return metrics
 
 
-def llama_cpp_gguf(params: dict) -> Path | None:
-    """The base model's GGUF for the llama.cpp peer (benchmark.llama_cpp), or None when not asked."""
+def llama_cpp_gguf(cfg, source: str) -> Path | None:
+    """The base model's GGUF for the llama.cpp peer (cfg.llama_cpp), or None when not asked."""
     import importlib.util
 
     from ondevice.atomic import UserError
     from ondevice.sources.embedded import EMBEDDED, embedded_gguf
 
-    if not params["benchmark"]["llama_cpp"]:
+    if not cfg.llama_cpp:
         return None
     if importlib.util.find_spec("llama_cpp") is None:
         raise UserError("benchmark.llama_cpp=true needs llama-cpp-python: run `make bench-llama` (it builds it)")
-    source = params["model"]["source"]
     if source not in EMBEDDED:
         raise UserError(f"benchmark.llama_cpp=true needs the base model as GGUF; only embedded models ship one, "
                         f"not model.source={source}")
     return embedded_gguf(source)
 
 
-def summary_lines(result: dict, plots: dict) -> list[str]:
+def summary_lines(result: dict) -> list[str]:
     """What the stage prints: each engine's speed, then switching (CPU) or the adapter cost (GPU)."""
     out = []
-    for r in plots["engines"]:
+    engines = {n: r for n, r in result.items()  # every engine's own run: ort_int4, ort_int4_NAME, torch_*, ...
+               if isinstance(r, dict) and {"decode_tok_s", "prefill_tok_s", "ttft_ms"} <= r.keys()}
+    for name, r in engines.items():
         rss = f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
-        out.append(f"{r['engine']:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} "
+        out.append(f"{name:>18}: decode {r['decode_tok_s']:.1f} tok/s, prefill {r['prefill_tok_s']:.0f} "
                    f"tok/s, TTFT {r['ttft_ms']:.1f} ms{rss}")
     if "switching" in result:
         s = result["switching"]

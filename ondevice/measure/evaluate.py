@@ -125,37 +125,36 @@ def headline(result: dict, names: list[str]) -> dict:
     return out
 
 
-def run(params: dict, base: Path, quantized: Path, references: Path, float_loras: Path, onnx_dir: Path,
-        adapters_dir: Path, prepared: Path) -> tuple[dict, str]:
+def run(base: Path, quantized: Path, references: Path, float_loras: Path, onnx_dir: Path, adapters_dir: Path,
+        prepared: Path, adapters: dict, out: Path, cfg) -> dict:
     """The evaluate stage: every eval split scored by the float base, the shipped int4 base alone, the
     int4 base with each adapter (its own and the others', so a wrong adapter shows) and the float base
-    + its float LoRA; the kernel guard where the shipped graph computes in reduced precision; sample
-    answers. Returns (metrics, samples.md)."""
+    + its float LoRA; the kernel guard where the shipped graph computes in reduced precision. cfg: the
+    params.Evaluate section; adapters: name -> params.AdapterConfig (each split's template and
+    seq_len). Sample answers go to the markdown file `out`; returns the metrics."""
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ondevice import params as P
     from ondevice import threads
-    from ondevice.atomic import UserError
+    from ondevice.atomic import UserError, write_text
     from ondevice.checkpoint import load_dequantized, pick_device, quantization_config
     from ondevice.data import read_jsonl
     from ondevice.export.onnx_lora import read_adapter
     from ondevice.measure.onnx_scoring import kernel_guard, level_record, shipped_accuracy_level
 
-    e, names = params["evaluate"], list(params["adapters"])
+    e, names, configs = cfg, list(adapters), adapters
     paths = {n: adapters_dir / f"{n}.onnx_adapter" for n in names}
     for name in names:
         if not (float_loras / name / "adapter_config.json").exists():
             raise UserError(f"{float_loras / name} missing; run `dvc repro float_lora@{name}`")
     arrays = {n: read_adapter(p) for n, p in paths.items()}  # a missing or cut-off file fails here, before any work
-    configs = {n: P.adapter_config(params, n) for n in names}
     tokenizer = AutoTokenizer.from_pretrained(base)
-    rows = {n: read_jsonl(prepared / n / "eval.jsonl")[: e["max_rows"]] for n in names}
+    rows = {n: read_jsonl(prepared / n / "eval.jsonl")[: e.max_rows] for n in names}
     examples = {n: encode_rows(tokenizer, configs[n]["template"], rows[n], configs[n]["seq_len"]) for n in names}
 
     qc = quantization_config(quantized)
-    device = pick_device(e["device"])
+    device = pick_device(e.device)
     models = {"float_base": lambda: AutoModelForCausalLM.from_pretrained(base).eval().to(device),
               "quantized_base_torch": lambda: load_dequantized(quantized, device=device)}
     for folder in sorted(p for p in references.glob("*") if p.is_dir()):  # the reference stage's
@@ -174,10 +173,11 @@ def run(params: dict, base: Path, quantized: Path, references: Path, float_loras
     result["accuracy_level"] = level_record(onnx_dir)  # optimize's choice (auto: every level's scores)
     if level or scorer.provider != "cpu":  # reduced-precision compute (int8 on CPU, fp16 on CUDA): check it
         exact = OnnxScorer(onnx_dir, threads.count(), accuracy_level=0, on_cpu=True)  # against CPU fp32
-        guarded = {n: ex[: e["guard_rows"] or None] for n, ex in examples.items()}
+        guarded = {n: ex[: e.guard_rows or None] for n, ex in examples.items()}
         bar = result["accuracy_level"]["min_top1_agreement"]  # the bar optimize held the level to
         result["kernel_guard"] = kernel_guard(scorer, exact, guarded, arrays, level, bar)
-    return result, samples(onnx_dir, paths, rows, configs, tokenizer, e["max_new_tokens"], e["generate_rows"])
+    write_text(out, samples(onnx_dir, paths, rows, configs, tokenizer, e.max_new_tokens, e.generate_rows))
+    return result
 
 
 def samples(onnx_dir: Path, paths: dict, rows: dict, configs: dict, tokenizer, max_new_tokens: int, n: int) -> str:

@@ -113,6 +113,15 @@ def _write_calibration_json(path: Path, ids: torch.Tensor) -> None:
     path.write_text(json.dumps(ids.tolist()))
 
 
+def run(base: Path, calib: torch.Tensor | None, out_dir: Path, cfg) -> dict:
+    """The quantize stage: the float base in `base` quantized as cfg (a params.Quantize) says, with the
+    calibration blocks `calib` (calibration_for), into the empty folder out_dir; returns its metrics."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:  # Olive's working copies
+        return quantize(base, out_dir, cfg, calib, Path(work))
+
+
 def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work: Path) -> dict:
     """Quantize float_dir into out_dir (an empty dir) with params `q`; return metrics.
 

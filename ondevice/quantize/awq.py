@@ -25,6 +25,7 @@ from olive.passes.pytorch.quant_utils import QuantInfo
 from torch import nn
 from tqdm.auto import tqdm
 
+from ondevice.quantize.activations import capture_first_layer_inputs, record_input_stats
 from ondevice.quantize.bits import BITS, INT8_BITS
 from ondevice.quantize.gptq_round import gptq_round
 
@@ -49,36 +50,6 @@ class AwqConfig:
         return cls(group_size=q["group_size"], symmetric=q["symmetric"], grid=q["awq_grid"], clip=q["awq_clip"],
                    clip_grid=q["awq_clip_grid"], clip_max_shrink=q["awq_clip_max_shrink"], gptq=q["awq_gptq"],
                    gptq_damp=q["awq_gptq_damp"])
-
-
-class _StopForward(Exception):
-    pass
-
-
-@torch.no_grad()
-def capture_first_layer_inputs(wrapper: ModelWrapper, input_ids: torch.Tensor, device: str):
-    """Run the embeddings once and catch what the first decoder layer receives."""
-    captured = {}
-    layer0 = wrapper.get_layers(return_name=False)[0]
-
-    def hook(_, args, kwargs):
-        if "hidden_states" in kwargs:
-            captured["hidden"], captured["args"] = kwargs.pop("hidden_states"), args
-        else:
-            captured["hidden"], captured["args"] = args[0], args[1:]
-        captured["kwargs"] = kwargs
-        raise _StopForward
-
-    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        wrapper.model(input_ids=input_ids.to(device), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    dropped = ("past_key_values", "past_key_value", "use_cache")
-    kwargs = {k: v for k, v in captured["kwargs"].items() if k not in dropped}
-    return captured["hidden"], captured["args"], kwargs
 
 
 def _fake_quant(w: torch.Tensor, quantizer: WeightQuantizer) -> torch.Tensor:
@@ -259,16 +230,6 @@ def quantize_layer(layer_wrapper, cfg: AwqConfig, stats: dict, quantizer_of, hea
             lin.weight.data = gptq_round(lin.weight.data.float(), grams[lin], scales, zero_points, quantizer,
                                          cfg.gptq_damp).to(lin.weight.dtype)
         lin.quant_info = QuantInfo(quantizer=quantizer, scales=scales, zero_points=zero_points)
-
-
-def record_input_stats(layer: nn.Module, stats: dict) -> list:
-    """Hook every linear of `layer` to store (Gram matrix, mean |x|) of its input, in fp32."""
-
-    def record(mod, inp, _out):
-        x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-        stats[mod] = (x.T @ x / x.shape[0], x.abs().mean(0))
-
-    return [m.register_forward_hook(record) for m in layer.modules() if isinstance(m, nn.Linear)]
 
 
 @torch.no_grad()

@@ -15,7 +15,10 @@ import io
 import re
 from pathlib import Path
 
+import click
+
 from ondevice.atomic import UserError
+from ondevice.cli import stage
 from ondevice.onnx_folder import decoder
 
 # The CUDA stack of the container (docker/Dockerfile, README "Container"): CUDA 13 builds.
@@ -101,3 +104,18 @@ def require_cuda_provider(what: str, otherwise: str = "set optimize.provider: cp
     if problem:
         raise UserError(f"{what} but onnxruntime's CUDA execution provider cannot load ({problem}); install the "
                         f"NVIDIA driver >= {MIN_DRIVER} and {ORT_GPU} with {GENAI_CUDA}, or {otherwise}")
+
+
+@click.command()
+@stage
+def main():
+    """`python -m ondevice.runtime.cuda_check`: one line, exit 0 when the CUDA EP runs here, else exit 2."""
+    import onnxruntime as ort
+    import onnxruntime_genai as og
+
+    require_cuda_provider("this check asks for CUDA", otherwise="run the CPU flavour")
+    click.echo(f"CUDA execution provider runs: onnxruntime {ort.__version__}, onnxruntime-genai {og.__version__}")
+
+
+if __name__ == "__main__":
+    main()

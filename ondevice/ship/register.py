@@ -68,13 +68,16 @@ def make_bundle(onnx_dir: Path, adapters_dir: Path, dest: Path, card: Path | Non
     return dest
 
 
-def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict, card: Path | None = None) -> dict:
+def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict, card: Path | None = None,
+             register=None) -> dict:
+    """register: the params.Register section (default: params' own)."""
     files = {rel: {"sha256": sha256(p), "bytes": p.stat().st_size}
              for rel, p in bundle_files(onnx_dir, adapters_dir, card).items()}
+    register = register or params["register"]
     return {
-        "name": params["register"]["name"],
-        "version": params["register"]["version"],
-        "description": params["register"]["description"],
+        "name": register["name"],
+        "version": register["version"],
+        "description": register["description"],
         "path": str(onnx_dir),
         "adapters": sorted(params["adapters"]),
         "files": files,
@@ -84,3 +87,36 @@ def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict, ca
         "packages": package_versions(),
         "git_commit": git_commit(),
     }
+
+
+def read_metrics(metrics_dir: Path, names: list[str], which=("data", "quantize", "optimize", "adapter", "evaluate"),
+                 optional=()) -> dict:
+    """The stages' metrics files under metrics_dir (a folder: one file per adapter); `optional` ones may
+    be missing (None)."""
+    out = {}
+    for name in (*which, *optional):
+        path = metrics_dir / name
+        if path.is_dir():
+            out[name] = {n: json.loads((path / f"{n}.json").read_text()) for n in names}
+        elif name in optional and not path.with_suffix(".json").exists():
+            out[name] = None
+        else:
+            out[name] = json.loads(path.with_suffix(".json").read_text())
+    return out
+
+
+def run(onnx_dir: Path, adapters_dir: Path, metrics_dir: Path, params: dict, card: Path, cfg) -> dict:
+    """The register stage: the model card (written to `card`, shipped as README.md) and the manifest of
+    the shipped model, returned: file hashes, the params it was made with, the model's metrics,
+    package versions. cfg: the params.Register section, whose name, version and description head both."""
+    from ondevice.atomic import write_text
+    from ondevice.ship.model_card import render
+
+    names = list(params["adapters"])
+    # The manifest holds model facts only: benchmark and training times describe a machine, not the
+    # model. The card also gives the speed, and names the machine: re-benchmarking rewrites the card
+    # (and so its hash in the manifest), nothing else.
+    metrics = read_metrics(metrics_dir, names)
+    extra = read_metrics(metrics_dir, names, which=(), optional=("benchmark", "model"))
+    write_text(card, render(params, {**metrics, **extra}))
+    return manifest(onnx_dir, adapters_dir, params, metrics, card=card, register=cfg)

@@ -165,3 +165,10 @@ def materialize(source: str, out_dir: Path, params: dict | None = None, config=N
         "num_hidden_layers": config.num_hidden_layers,
         "vocab_size": config.vocab_size,
     }
+
+
+def run(config, azure: dict, out_dir: Path, cfg) -> dict:
+    """The model stage: model.source (cfg, a params.Model) as a float HF folder in out_dir; its facts.
+    config: the source's config, already loaded and checked by the caller before any heavy work;
+    azure: register.azure, the workspace an `azureml:` asset lives in."""
+    return {"source": cfg.source, **materialize(cfg.source, out_dir, {"register": {"azure": azure}}, config)}
