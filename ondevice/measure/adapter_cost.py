@@ -18,25 +18,21 @@ import time
 from pathlib import Path
 
 from ondevice import onnx_folder
+from ondevice.measure.profile import node_times
 
 STEPS = 30  # Run calls per feed kind, interleaved; the first 5 warm up
 
 
 def summarize_profile(path: Path) -> dict:
     """Median per-step figures over the warm decode steps of one onnxruntime profile file."""
-    events = json.loads(Path(path).read_text())
-    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
-                   key=lambda e: e["ts"])
-    per_run, i = [collections.Counter() for _ in runs], 0
-    for n in nodes:  # both sorted by start: walk them together
-        while i < len(runs) and n["ts"] > runs[i]["ts"] + runs[i]["dur"]:
-            i += 1
-        if i < len(runs) and n["ts"] >= runs[i]["ts"]:
+    runs, nodes = node_times(json.loads(Path(path).read_text()))
+    per_run = [collections.Counter() for _ in runs]
+    for counter, step in zip(per_run, nodes, strict=True):
+        for n in step:
             provider = n["args"].get("provider", "?").removesuffix("ExecutionProvider")
-            per_run[i][f'{n["args"].get("op_name")}@{provider}'] += n["dur"]
-            per_run[i][" in_nodes"] += n["dur"]
-            per_run[i][" nodes"] += 1
+            counter[f'{n["args"].get("op_name")}@{provider}'] += n["dur"]
+            counter[" in_nodes"] += n["dur"]
+            counter[" nodes"] += 1
     longest = max(r["dur"] for r in runs)  # prefills are the long runs; skip them and the first decode steps
     decode = [k for k, r in enumerate(runs) if r["dur"] < 0.5 * longest][4:]
     if not decode:

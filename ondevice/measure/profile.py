@@ -29,16 +29,29 @@ def category(node_name: str, op: str) -> str:
     return "other:" + op
 
 
-def summarize(trace: list[dict]) -> dict:
+def node_times(trace: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+    """onnxruntime's profile as (its session runs in time order, each run's node kernel events): the one
+    reader of a profile file, shared with measure.adapter_cost."""
     runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    nodes = sorted((e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+                   key=lambda e: e["ts"])
+    per_run, i = [[] for _ in runs], 0
+    for n in nodes:  # both sorted by start: walk them together
+        while i < len(runs) and n["ts"] > runs[i]["ts"] + runs[i]["dur"]:
+            i += 1
+        if i < len(runs) and n["ts"] >= runs[i]["ts"]:
+            per_run[i].append(n)
+    return runs, per_run
+
+
+def summarize(trace: list[dict]) -> dict:
+    """Mean per decode step of one answer's profile: every session run after the first (the prefill)."""
+    runs, per_run = node_times(trace)
     if len(runs) < 2:
         raise ValueError("profile has fewer than two session runs (prefill + decode)")
-    decode_start = runs[0]["ts"] + runs[0]["dur"]
     per_category, per_op = defaultdict(float), defaultdict(float)
     nodes = 0
-    for e in trace:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time") or e["ts"] < decode_start:
-            continue
+    for e in (n for step in per_run[1:] for n in step):
         op = e.get("args", {}).get("op_name", "?")
         per_category[category(e["name"], op)] += e["dur"]
         per_op[op] += e["dur"]
