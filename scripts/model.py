@@ -20,7 +20,7 @@ def main(params_path, out, metrics):
     P.check_model_fit(params, config)
     require_free_space(out, 2 * 2**30, "the float base model")
     with atomic_dir(out) as tmp:
-        facts = run(config, params["register"]["azure"], tmp, cfg)
+        facts = run(config, params, tmp, cfg)
     write_json(metrics, facts)
     click.echo(f"base model -> {out}: {facts['architecture']}, {facts['parameters'] / 1e6:.1f}M parameters")
 

@@ -143,7 +143,6 @@ def optimize(quantized_dir: Path, out_dir: Path, o: dict, work: Path) -> dict:
     }
 
 
-
 def run(quantized: Path, examples: list[dict] | None, out_dir: Path, cfg) -> dict:
     """The optimize stage: the checkpoint in `quantized` built as cfg (a params.Optimize) says into the
     empty folder out_dir, then its accuracy level chosen (auto, on the encoded eval `examples` that

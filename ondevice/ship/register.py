@@ -68,16 +68,13 @@ def make_bundle(onnx_dir: Path, adapters_dir: Path, dest: Path, card: Path | Non
     return dest
 
 
-def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict, card: Path | None = None,
-             register=None) -> dict:
-    """register: the params.Register section (default: params' own)."""
+def manifest(onnx_dir: Path, adapters_dir: Path, params: dict, metrics: dict, card: Path | None = None) -> dict:
     files = {rel: {"sha256": sha256(p), "bytes": p.stat().st_size}
              for rel, p in bundle_files(onnx_dir, adapters_dir, card).items()}
-    register = register or params["register"]
     return {
-        "name": register["name"],
-        "version": register["version"],
-        "description": register["description"],
+        "name": params["register"]["name"],
+        "version": params["register"]["version"],
+        "description": params["register"]["description"],
         "path": str(onnx_dir),
         "adapters": sorted(params["adapters"]),
         "files": files,
@@ -108,7 +105,8 @@ def read_metrics(metrics_dir: Path, names: list[str], which=("data", "quantize",
 def run(onnx_dir: Path, adapters_dir: Path, metrics_dir: Path, params: dict, card: Path, cfg) -> dict:
     """The register stage: the model card (written to `card`, shipped as README.md) and the manifest of
     the shipped model, returned: file hashes, the params it was made with, the model's metrics,
-    package versions. cfg: the params.Register section, whose name, version and description head both."""
+    package versions. cfg: the params.Register section; the manifest records the whole params (this
+    section included), so it reads them there."""
     from ondevice.atomic import write_text
     from ondevice.ship.model_card import render
 
@@ -119,4 +117,4 @@ def run(onnx_dir: Path, adapters_dir: Path, metrics_dir: Path, params: dict, car
     metrics = read_metrics(metrics_dir, names)
     extra = read_metrics(metrics_dir, names, which=(), optional=("benchmark", "model"))
     write_text(card, render(params, {**metrics, **extra}))
-    return manifest(onnx_dir, adapters_dir, params, metrics, card=card, register=cfg)
+    return manifest(onnx_dir, adapters_dir, params, metrics, card=card)

@@ -167,8 +167,8 @@ def materialize(source: str, out_dir: Path, params: dict | None = None, config=N
     }
 
 
-def run(config, azure: dict, out_dir: Path, cfg) -> dict:
+def run(config, params: dict, out_dir: Path, cfg) -> dict:
     """The model stage: model.source (cfg, a params.Model) as a float HF folder in out_dir; its facts.
     config: the source's config, already loaded and checked by the caller before any heavy work;
-    azure: register.azure, the workspace an `azureml:` asset lives in."""
-    return {"source": cfg.source, **materialize(cfg.source, out_dir, {"register": {"azure": azure}}, config)}
+    params: the whole file, for an `azureml:` source (register.azure names its workspace)."""
+    return {"source": cfg.source, **materialize(cfg.source, out_dir, params, config)}
