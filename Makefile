@@ -5,7 +5,7 @@ BIN    := $(abspath $(VENV))/bin
 PY     := $(BIN)/python
 ARGS   ?=
 
-.PHONY: help setup setup-cuda-serve repro repro-full repro-gpu test test-all chat bench bench-llama adapter-cost levers register lint \
+.PHONY: help setup setup-cuda-serve repro repro-full repro-gpu repro-lab test test-all chat bench bench-llama adapter-cost levers register lint \
         docker-base docker-build docker-run docker-shell docker-test clean
 
 help:  ## list the targets
@@ -56,12 +56,21 @@ levers:  ## measure the CPU-speed levers (accuracy level, head block, spinning, 
 # so AMX stays off (README "Measured here"). CPU_FLAGS="flags: avx2 ..." builds for another CPU.
 CPU_FLAGS   ?= $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 cpu_has      = $(filter $(1),$(CPU_FLAGS))
+LLAMA_CONVERTER := .cache/llama.cpp/convert_hf_to_gguf.py
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX2=ON \
   $(if $(call cpu_has,avx512f),-DGGML_AVX512=ON,-DGGML_AVX512=OFF) \
   $(if $(call cpu_has,avx512_vnni),-DGGML_AVX512_VNNI=ON) $(if $(call cpu_has,avx512_bf16),-DGGML_AVX512_BF16=ON)
-bench-llama:  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside our model, as an experiment
+bench-llama: $(LLAMA_CONVERTER)  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside our model, as an experiment
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.llama_cpp=true $(ARGS)
+
+# llama.cpp's own converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the same sdist that pip builds
+$(LLAMA_CONVERTER): requirements-peer.txt
+	mkdir -p .cache/llama.cpp
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d .cache $$(grep -m1 '^llama-cpp-python==' requirements-peer.txt | cut -d' ' -f1)
+	tar -xzf .cache/llama_cpp_python-*.tar.gz -C .cache/llama.cpp --strip-components=3 --wildcards \
+	  '*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
+	touch $@
 
 # The GPU profile (README "GPU path"): every stage on CUDA, on a random-init model of Phi-3.5-mini's
 # exact shape; give real weights with ARGS="-S model.source=microsoft/Phi-3.5-mini-instruct".
@@ -74,6 +83,24 @@ repro-full:  ## the default pipeline plus onnxruntime's per-node decode profile 
 
 repro-gpu:  ## the whole pipeline on one CUDA GPU (Phi-3.5-mini-shaped; ARGS adds or overrides -S)
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run $(GPU_PROFILE) $(ARGS)
+
+# The Olive lab's product at its own scale (README "The lab at its own scale"): Phi-3.5-mini-shaped,
+# AWQ and LoRA on the GPU, built, evaluated and benchmarked for the CPU, llama.cpp Q4_0 / Q4_K_M of the
+# same float base in the same rounds; two adapters (switching needs two). -> reports/lab/
+LAB_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S finetune.device=cuda \
+  -S finetune.batch_size=4 -S finetune.seq_len=512 -S finetune.r=64 -S finetune.alpha=128 \
+  -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S '~adapters.garden' \
+  -S optimize.provider=cpu -S optimize.int4_accuracy_level=auto -S optimize.auto_level_rows=4 \
+  -S evaluate.device=cuda -S evaluate.max_rows=16 -S evaluate.guard_rows=4 -S evaluate.generate_rows=2 \
+  -S evaluate.max_new_tokens=32 -S 'reference.algorithms=[]' -S benchmark.torch_baseline=false \
+  -S benchmark.llama_cpp=true -S benchmark.new_tokens=64 -S benchmark.runs=3 -S benchmark.switches=20 \
+  -S 'benchmark.context_lengths=[128,1024]' -S 'benchmark.thread_counts=[8]' -S benchmark.sweep_new_tokens=32 \
+  -S benchmark.profile=true
+repro-lab: $(LLAMA_CONVERTER)  ## the Olive lab's Phi-3.5-mini flow at its scale: GPU quantize/finetune, CPU build/eval/benchmark vs llama.cpp -> reports/lab/
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
+	PATH=$(BIN):$$PATH $(PY) scripts/timed_repro.py --exp --metrics reports/lab/repro.json \
+	  --stages reports/lab/stage_seconds.json $(LAB_PROFILE) $(ARGS)
+	$(PY) scripts/lab_report.py --out reports/lab
 
 register:  ## manifest (register stage), then upload to Azure ML: make register ARGS=--dry-run | --next-version
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -s register

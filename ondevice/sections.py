@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Algorithm = Literal["awq", "rtn", "gptq"]
 Device = Literal["auto", "cpu", "cuda"]
 Provider = Literal["cpu", "cuda"]
+LlamaType = Literal["Q4_0", "Q4_1", "Q8_0", "Q4_K_M", "Q5_K_M"]  # ondevice.measure.gguf_peer.FTYPES
 GroupSize = Literal[16, 32, 64, 128, 256]
 LoraTarget = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                      "qkv_proj", "gate_up_proj"]  # the last two: fused projections of Phi-3
@@ -117,6 +118,7 @@ class Benchmark(Section):
     sweep_new_tokens: Annotated[int, span(2, 4096)]
     profile: bool
     llama_cpp: bool
+    llama_cpp_types: Annotated[list[LlamaType], Field(min_length=1)]  # llama.cpp's quantizer types
     builder_reference: bool
 
 

@@ -1,5 +1,6 @@
-"""`make repro`: `dvc repro`, each stage timed; per-stage seconds in reports/stage_seconds.json, the
-headline (the whole pipeline's seconds, the machine) in metrics/repro.json, a metric in dvc.yaml.
+"""`make repro`: `dvc repro` (`--exp`: `dvc exp run`, for profiles given as -S), each stage timed;
+per-stage seconds in reports/stage_seconds.json, the headline (the whole pipeline's seconds, the
+machine) in metrics/repro.json, a metric in dvc.yaml.
 
 A stage's seconds are those of its last run on this machine; `pipeline_s` sums them, so it is what
 `make repro` takes from a fresh clone even after runs that rebuilt only part of the pipeline.
@@ -33,15 +34,17 @@ def machine() -> str:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--metrics", default="metrics/repro.json", show_default=True)
 @click.option("--stages", "stages_path", default="reports/stage_seconds.json", show_default=True)
+@click.option("--exp", is_flag=True, help="`dvc exp run` (takes -S overrides) instead of `dvc repro`")
 @click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
-def main(metrics, stages_path, dvc_args):
+def main(metrics, stages_path, exp, dvc_args):
     path = Path(stages_path)
     record = json.loads(path.read_text()) if path.exists() else {}
     here = machine()
     stages = record.get("stages_s", {}) if record.get("machine") == here else {}
     t_start = time.perf_counter()
     current, t_stage = None, t_start
-    proc = subprocess.Popen(["dvc", "repro", *dvc_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = ["dvc", "exp", "run"] if exp else ["dvc", "repro"]
+    proc = subprocess.Popen([*command, *dvc_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ran = []
     for line in proc.stdout:
         sys.stdout.write(line)

@@ -166,6 +166,7 @@ CASES = {
     "benchmark-before-adapters": lambda t: script_error(t, "benchmark"),
     "evaluate-before-float-lora": lambda t: _evaluate_without_float_lora(t),
     "llama-cpp-not-built": lambda t: _llama_cpp_missing(t),
+    "llama-cpp-no-converter": lambda t: _llama_cpp_converter_missing(t),
     "model-path-missing": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "./no/model"}),
     "model-not-causal-lm": lambda t: script_error(t, "model", "--out", "o", **{"model.source": _bert(t)}),
     "model-unknown-embedded": lambda t: script_error(t, "model", "--out", "o", **{"model.source": "embedded:x"}),
@@ -221,6 +222,26 @@ def _llama_cpp_missing(tmp_path):
     if importlib.util.find_spec("llama_cpp"):
         pytest.skip("llama-cpp-python is installed here")
     return script_error(tmp_path, "benchmark", **{"benchmark.llama_cpp": True})
+
+
+def _llama_cpp_converter_missing(tmp_path):
+    """llama-cpp-python installed (stood in for by any spec) but llama.cpp's converter not unpacked."""
+    import importlib.util
+    from unittest import mock
+
+    from ondevice.atomic import UserError
+    from ondevice.measure import gguf_peer
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return real("json") if name == "llama_cpp" else real(name, *args)
+
+    with mock.patch.object(gguf_peer, "CONVERTER", tmp_path / ".cache" / "llama.cpp"), \
+            mock.patch("importlib.util.find_spec", find_spec):
+        with pytest.raises(UserError) as e:
+            gguf_peer.check()
+    return str(e.value).replace(str(tmp_path) + "/", "")
 
 
 def _bert(tmp_path):

@@ -1,6 +1,8 @@
 """Micro-benchmarks of the hot paths (pytest-benchmark). Judged by their saved JSON in .benchmarks/
 (compare runs with `pytest-benchmark compare`), never by timed asserts; the asserts here check the
 work was really done."""
+from pathlib import Path
+
 import onnxruntime_genai as og
 import pytest
 
@@ -118,8 +120,48 @@ def test_llama_cpp_takes_turns_in_the_paired_rounds(onnx_dir):
 
     b = dict(prompt_tokens=16, new_tokens=8, runs=2, warmup=0, threads=1)
     adapters = {"travel": str(onnx_dir / "adapters" / "travel.onnx_adapter")}
-    r = E.paired_decode(str(onnx_dir), adapters, b, str(embedded_gguf("embedded:smollm2-135m-instruct")))
-    assert r["llama_cpp_decode_tok_s"] > 0 and r["base_decode_tok_s"] > 0 and "travel_cost_pct" in r
+    ggufs = {"Q4_1": str(embedded_gguf("embedded:smollm2-135m-instruct"))}
+    r = E.paired_decode(str(onnx_dir), adapters, b, ggufs)
+    assert r["llama_cpp_q4_1_decode_tok_s"] > 0 and r["base_decode_tok_s"] > 0 and "travel_cost_pct" in r
+
+
+@pytest.mark.parametrize("phi3", [False, True], ids=["llama", "phi3-longrope-cut-vocab"])
+def test_llama_cpp_converter_makes_each_type_from_the_float_base(tiny_dir, tokenizer_dir, tmp_path, phi3):
+    """llama.cpp's own converter and quantizer on the float base: a Llama with SmolLM2's tokenizer, and a
+    Phi-3 with LongRoPE and the vocabulary cut as `random:phi-3.5-mini` cuts it (the converter is told
+    the pre-tokenizer). The GGUFs decode, and the f16 on the way is gone."""
+    pytest.importorskip("llama_cpp", reason="optional peer: `make bench-llama` builds llama-cpp-python")
+    from ondevice.measure import gguf_peer
+
+    if not (gguf_peer.CONVERTER / "convert_hf_to_gguf.py").exists():
+        pytest.skip("llama.cpp's converter is unpacked by `make bench-llama`")
+    source, float_dir = "embedded:smollm2-135m-instruct", tiny_dir
+    if phi3:
+        source, float_dir = "random:phi-3.5-mini", tiny_phi3(tmp_path / "phi3", tokenizer_dir)
+    ggufs, seconds = gguf_peer.make_ggufs(float_dir, tmp_path / "gguf", ["Q4_0", "Q4_K_M"], source, threads=2)
+    assert set(ggufs) == {"Q4_0", "Q4_K_M"} and sorted(p.name for p in (tmp_path / "gguf").iterdir()) == [
+        "Q4_0.gguf", "Q4_K_M.gguf"]
+    assert seconds["convert_f16_s"] > 0
+    r = E.llama_cpp_decode(str(ggufs["Q4_0"]), dict(prompt_tokens=16, new_tokens=8, runs=1, warmup=0, threads=1))
+    assert r["generated"] == 8
+
+
+def tiny_phi3(out: Path, tokenizer_dir: Path) -> Path:
+    """A two-layer Phi-3 with random:phi-3.5-mini's LongRoPE structure (head_dim 96) and cut vocabulary."""
+    import shutil
+
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from ondevice.sources.random_source import PHI35_MINI, cut_vocabulary
+
+    shutil.copytree(tokenizer_dir, out)
+    cut_vocabulary(out, PHI35_MINI["vocab_size"])
+    config = Phi3Config(**{**PHI35_MINI, "hidden_size": 192, "intermediate_size": 256, "num_hidden_layers": 2,
+                           "num_attention_heads": 2, "num_key_value_heads": 2})
+    torch.manual_seed(0)
+    Phi3ForCausalLM(config).save_pretrained(out)
+    return out
 
 
 def test_levers_script_measures_every_variant(quantized_dir, trained, tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import LORA
+from conftest import LORA, ROOT
 from ondevice.finetune import train
 from onnx_int4 import dequantize_matmulnbits
 
@@ -96,3 +96,24 @@ def test_float_lora_trains_on_the_float_weights_and_evaluate_reports_int4s_gap(t
     scores = result["on_travel"]
     assert scores["float_lora"] == torch_loss(model, examples["travel"])
     assert scores["int4_lora_gap_pct"] == round(100 * (int4["perplexity"] / scores["float_lora"]["perplexity"] - 1), 3)
+
+
+def test_residual_init_starts_the_int4_base_at_the_float_weights(quantized_dir, tiny_dir):
+    """studies/loftq_init.py: at full rank, int4 base + scale * B @ A equals the float projection at step 0."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from ondevice.checkpoint import load_dequantized
+
+    sys.path.insert(0, str(ROOT / "studies"))
+    from loftq_init import residual_init
+
+    float_state = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).state_dict()
+    p = {**LORA, "r": 32, "alpha": 64, "target_modules": ["v_proj"]}  # v_proj is 32 x 64: rank 32 is all of it
+    model = residual_init(float_state)(load_dequantized(quantized_dir, torch.float32, "cpu"), p)
+    v = model.base_model.model.model.layers[0].self_attn.v_proj
+    merged = v.base_layer.weight + (p["alpha"] / p["r"]) * v.lora_B["default"].weight @ v.lora_A["default"].weight
+    target = float_state["model.layers.0.self_attn.v_proj.weight"]
+    assert not torch.allclose(v.base_layer.weight, target, atol=1e-4)  # int4 is not the float weight...
+    torch.testing.assert_close(merged, target, atol=1e-5, rtol=1e-5)  # ...but with the LoRA it starts there

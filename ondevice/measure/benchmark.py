@@ -1,8 +1,9 @@
 """CPU token throughput of the shipped model, read top to bottom.
 
 1. each engine alone, in its own process: the int4 model (base, then with each adapter), PyTorch
-   fp32, llama.cpp on the base's GGUF when asked: decode and prefill tok/s, TTFT, peak RSS;
-2. the adapter cost: base and adapters interleaved in one process (llama.cpp takes turns too);
+   fp32, llama.cpp on GGUFs of the same float base when asked (ondevice.measure.gguf_peer): decode and
+   prefill tok/s, TTFT, peak RSS;
+2. the adapter cost: base and adapters interleaved in one process (each llama.cpp GGUF takes turns too);
 3. adapter switching: every adapter loaded, a different one per request;
 4. the roofline: weight bytes a decode step reads against the measured copy bandwidth;
 5. onnxruntime's per-node profile of a decode (benchmark.profile);
@@ -12,6 +13,7 @@ Ratios between engines are meaningful (same run, same prompt); absolute numbers 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ondevice.child import in_child
@@ -20,8 +22,10 @@ from ondevice.measure.profile import profile
 
 
 def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dict,
-              gguf: Path | None = None) -> tuple[dict, dict]:
-    """Returns (metrics, plot rows by plot name)."""
+              ggufs: dict[str, Path] | None = None) -> tuple[dict, dict]:
+    """ggufs: llama.cpp type (Q4_0, ...) -> GGUF of the float base; the first is the headline peer.
+    Returns (metrics, plot rows by plot name)."""
+    ggufs = {t: str(p) for t, p in (ggufs or {}).items()}
     onnx, paths = str(onnx_dir), {n: str(p) for n, p in adapters.items()}
     first = next(iter(adapters))  # the sweeps and the profile run the base and the first adapter
     base_and_first = (("base", None), (first, paths[first]))
@@ -32,8 +36,8 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
         results[f"ort_int4_{name}"] = in_child(E.onnx_decode, onnx_dir=onnx, adapter=path, adapter_name=name, b=b)
     if b["torch_baseline"]:
         results["torch_fp32"] = in_child(E.torch_decode, model_dir=str(float_dir), b=b)
-    if gguf:
-        results["llama_cpp_q4"] = in_child(E.llama_cpp_decode, gguf=str(gguf), b=b)
+    for kind, gguf in ggufs.items():
+        results[f"llama_cpp_{kind.lower()}"] = in_child(E.llama_cpp_decode, gguf=gguf, b=b)
     metrics = dict(results)
     # 0: no session options of ours, the shipped genai_config.json as the seed's client opens it
     metrics["threads"] = b["threads"]
@@ -43,7 +47,7 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
 
     # 2. the adapter cost from one process, runs interleaved: separate processes drift by more
     # than the cost itself on a shared box
-    paired = in_child(E.paired_decode, onnx_dir=onnx, adapters=paths, b=b, gguf=str(gguf) if gguf else None)
+    paired = in_child(E.paired_decode, onnx_dir=onnx, adapters=paths, b=b, ggufs=ggufs)
     metrics["paired"] = paired
     metrics["adapter_decode_cost_pct"] = {n: paired[f"{n}_cost_pct"] for n in adapters}
     metrics["adapter_decode_cost_pct_max"] = max(metrics["adapter_decode_cost_pct"].values())
@@ -62,10 +66,14 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
     if "torch_fp32" in results:
         slowest = min(results[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
         metrics["speedup_vs_torch_fp32"] = round(slowest / results["torch_fp32"]["decode_tok_s"], 2)
-    if gguf:  # the ratio from the interleaved rounds (same process, same minutes), not separate processes
-        llama = paired["llama_cpp_decode_tok_s"]
-        metrics["adapter_vs_llama_cpp"] = round(slowest_adapter / llama, 3)
-        metrics["base_vs_llama_cpp"] = round(paired["base_decode_tok_s"] / llama, 3)
+    # the ratios from the interleaved rounds (same process, same minutes), not separate processes
+    vs = {kind: {"base": round(paired["base_decode_tok_s"] / paired[f"llama_cpp_{kind.lower()}_decode_tok_s"], 3),
+                 "adapter": round(slowest_adapter / paired[f"llama_cpp_{kind.lower()}_decode_tok_s"], 3)}
+          for kind in ggufs}
+    if vs:
+        metrics["vs_llama_cpp"], headline_peer = vs, vs[next(iter(ggufs))]
+        metrics["llama_cpp_peer"] = next(iter(ggufs))
+        metrics["base_vs_llama_cpp"], metrics["adapter_vs_llama_cpp"] = headline_peer["base"], headline_peer["adapter"]
 
     # 5. where a decode step's time goes
     if b["profile"]:
@@ -115,43 +123,39 @@ def run(onnx_dir: Path, adapters_dir: Path, float_dir: Path, names: list[str], s
         cfg) -> dict:
     """The benchmark stage: a CPU build measured on the CPU (benchmark above), a CUDA build on the GPU
     (benchmark_cuda). cfg: the params.Benchmark section; names: the adapters to measure; source:
-    model.source (llama.cpp's GGUF). Every adapter file is read first, so a cut-off one fails in one line
-    before any timing. Writes one CSV per plot into plots_dir; returns the metrics."""
+    model.source (how llama.cpp's converter reads the float base). The llama.cpp peer's tools and every
+    adapter file are checked first, so a missing one fails in one line before any conversion or timing.
+    Writes one CSV per plot into plots_dir; returns the metrics."""
+    import tempfile
+
     from ondevice.atomic import write_csv
     from ondevice.export.onnx_lora import read_adapter
+    from ondevice.measure import gguf_peer
     from ondevice.measure.benchmark_cuda import benchmark as benchmark_cuda
     from ondevice.runtime.cuda_check import model_providers, require_cuda_provider
 
-    gguf = llama_cpp_gguf(cfg, source)
+    if cfg.llama_cpp:  # the peer's tools first: missing ones fail before anything else
+        gguf_peer.check()
     adapters = {n: adapters_dir / f"{n}.onnx_adapter" for n in names}
     for path in adapters.values():
         read_adapter(path)
+    cuda = "cuda" in model_providers(onnx_dir)
     b = cfg.model_dump()  # plain JSON: every engine runs in a child process (ondevice.child)
-    if "cuda" in model_providers(onnx_dir):
+    if cuda:
         require_cuda_provider(f"{onnx_dir} was built for optimize.provider=cuda")
         metrics, plots = benchmark_cuda(onnx_dir, adapters, float_dir, b)
+    elif cfg.llama_cpp:  # CPU builds; the GGUFs live only while measured (3.8 B: 7.6 GB of f16 on the way)
+        with tempfile.TemporaryDirectory(prefix="ondevice-gguf-") as tmp:
+            ggufs, seconds = gguf_peer.make_ggufs(float_dir, Path(tmp), cfg.llama_cpp_types, source,
+                                                  cfg.threads or os.cpu_count())
+            metrics, plots = benchmark(onnx_dir, adapters, float_dir, b, ggufs)
+            metrics["llama_cpp_gguf_mb"] = {t: round(p.stat().st_size / 1e6, 1) for t, p in ggufs.items()}
+        metrics["llama_cpp_build_s"] = seconds
     else:
-        metrics, plots = benchmark(onnx_dir, adapters, float_dir, b, gguf)
+        metrics, plots = benchmark(onnx_dir, adapters, float_dir, b)
     for name, rows in plots.items():
         write_csv(plots_dir / f"{name}.csv", rows)
     return metrics
-
-
-def llama_cpp_gguf(cfg, source: str) -> Path | None:
-    """The base model's GGUF for the llama.cpp peer (cfg.llama_cpp), or None when not asked."""
-    import importlib.util
-
-    from ondevice.atomic import UserError
-    from ondevice.sources.embedded import EMBEDDED, embedded_gguf
-
-    if not cfg.llama_cpp:
-        return None
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise UserError("benchmark.llama_cpp=true needs llama-cpp-python: run `make bench-llama` (it builds it)")
-    if source not in EMBEDDED:
-        raise UserError(f"benchmark.llama_cpp=true needs the base model as GGUF; only embedded models ship one, "
-                        f"not model.source={source}")
-    return embedded_gguf(source)
 
 
 def summary_lines(result: dict) -> list[str]:

@@ -71,14 +71,17 @@ def threads_decode(onnx_dir: str, adapter: str | None, adapter_name: str, b: dic
     return onnx_decode(onnx_dir, adapter, adapter_name, {**b, "threads": threads})
 
 
-def paired_decode(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | None = None) -> dict:
+def paired_decode(onnx_dir: str, adapters: dict[str, str], b: dict, ggufs: dict[str, str] | None = None) -> dict:
     """Base and every adapter in one process, runs interleaved (base, a, b, base, a, b, ...): the
-    adapter cost as a paired comparison, free of the drift between separate processes. With a
-    GGUF, llama.cpp takes its turn in the same rounds (one engine runs at a time)."""
+    adapter cost as a paired comparison, free of the drift between separate processes. With GGUFs
+    (type -> path), llama.cpp takes its turn on each in the same rounds (one engine runs at a time)."""
     model, tok, loaded = open_model(onnx_dir, adapters, b["threads"])
     ids, floor = prompt_ids(tok.encode, b["prompt_tokens"]), kv_capacity_floor(onnx_dir)
-    llama = _open_llama_cpp(gguf, b) if gguf else None
-    engines = {"llama_cpp": lambda: _llama_cpp_answer(*llama, b["new_tokens"])["decode_tok_s"]} if llama else {}
+    engines = {}
+    for kind, gguf in (ggufs or {}).items():
+        llama = _open_llama_cpp(gguf, b)
+        engines[f"llama_cpp_{kind.lower()}"] = \
+            lambda llama=llama: _llama_cpp_answer(*llama, b["new_tokens"])["decode_tok_s"]
     for label in [None, *adapters]:
         engines[label] = lambda label=label: timed_answer(model, loaded, label, ids, b["new_tokens"],
                                                           floor)["decode_tok_s"]
@@ -89,8 +92,8 @@ def paired_decode(onnx_dir: str, adapters: dict[str, str], b: dict, gguf: str | 
         tok_s = statistics.median(speeds[name])
         out[f"{name}_decode_tok_s"] = round(tok_s, 2)
         out[f"{name}_cost_pct"] = round(100 * (1 - tok_s / base), 2)
-    if llama:
-        out["llama_cpp_decode_tok_s"] = round(statistics.median(speeds["llama_cpp"]), 2)
+    for kind in ggufs or {}:
+        out[f"llama_cpp_{kind.lower()}_decode_tok_s"] = round(statistics.median(speeds[f"llama_cpp_{kind.lower()}"]), 2)
     return out
 
 
