@@ -99,7 +99,8 @@ def test_float_lora_trains_on_the_float_weights_and_evaluate_reports_int4s_gap(t
 
 
 def test_residual_init_starts_the_int4_base_at_the_float_weights(quantized_dir, tiny_dir):
-    """studies/loftq_init.py: at full rank, int4 base + scale * B @ A equals the float projection at step 0."""
+    """studies/loftq_init.py: at full rank, int4 base + scale * B @ A equals the float projection (in the
+    int4 model's coordinates: AWQ folded its input scale into the norm) at step 0."""
     import sys
 
     from transformers import AutoModelForCausalLM
@@ -107,13 +108,17 @@ def test_residual_init_starts_the_int4_base_at_the_float_weights(quantized_dir, 
     from ondevice.checkpoint import load_dequantized
 
     sys.path.insert(0, str(ROOT / "studies"))
-    from loftq_init import residual_init
+    from loftq_init import float_target, residual_init
 
     float_state = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).state_dict()
     p = {**LORA, "r": 32, "alpha": 64, "target_modules": ["v_proj"]}  # v_proj is 32 x 64: rank 32 is all of it
-    model = residual_init(float_state)(load_dequantized(quantized_dir, torch.float32, "cpu"), p)
+    base = load_dequantized(quantized_dir, torch.float32, "cpu")
+    name = "model.layers.0.self_attn.v_proj"
+    target = float_target(float_state, base, name)
+    model = residual_init(float_state)(base, p)
     v = model.base_model.model.model.layers[0].self_attn.v_proj
     merged = v.base_layer.weight + (p["alpha"] / p["r"]) * v.lora_B["default"].weight @ v.lora_A["default"].weight
-    target = float_state["model.layers.0.self_attn.v_proj.weight"]
     assert not torch.allclose(v.base_layer.weight, target, atol=1e-4)  # int4 is not the float weight...
     torch.testing.assert_close(merged, target, atol=1e-5, rtol=1e-5)  # ...but with the LoRA it starts there
+    # the target is the int4 weight's own float: much closer to it than the residual's size
+    assert (target - v.base_layer.weight).norm() < 0.2 * target.norm()
