@@ -60,9 +60,12 @@ LLAMA_CONVERTER := .cache/llama.cpp/convert_hf_to_gguf.py
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX2=ON \
   $(if $(call cpu_has,avx512f),-DGGML_AVX512=ON,-DGGML_AVX512=OFF) \
   $(if $(call cpu_has,avx512_vnni),-DGGML_AVX512_VNNI=ON) $(if $(call cpu_has,avx512_bf16),-DGGML_AVX512_BF16=ON)
-bench-llama: $(LLAMA_CONVERTER)  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside our model, as an experiment
-	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
+bench-llama: llama-cpp  ## build llama-cpp-python (minutes) and benchmark llama.cpp beside our model, as an experiment
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.llama_cpp=true $(ARGS)
+
+.PHONY: llama-cpp
+llama-cpp: $(LLAMA_CONVERTER)  # the peer's two tools: llama-cpp-python built for this CPU, and the converter
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
 
 # llama.cpp's own converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the same sdist that pip builds
 $(LLAMA_CONVERTER): requirements-peer.txt
@@ -96,8 +99,7 @@ LAB_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S fi
   -S benchmark.llama_cpp=true -S benchmark.new_tokens=64 -S benchmark.runs=3 -S benchmark.switches=20 \
   -S 'benchmark.context_lengths=[128,1024]' -S 'benchmark.thread_counts=[8]' -S benchmark.sweep_new_tokens=32 \
   -S benchmark.profile=true
-repro-lab: $(LLAMA_CONVERTER)  ## the Olive lab's Phi-3.5-mini flow at its scale: GPU quantize/finetune, CPU build/eval/benchmark vs llama.cpp -> reports/lab/
-	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE)" $(PY) -m pip install -q -r requirements-peer.txt
+repro-lab: llama-cpp  ## the Olive lab's Phi-3.5-mini flow at its scale: GPU quantize/finetune, CPU build/eval/benchmark vs llama.cpp -> reports/lab/
 	PATH=$(BIN):$$PATH $(PY) scripts/timed_repro.py --exp --metrics reports/lab/repro.json \
 	  --stages reports/lab/stage_seconds.json $(LAB_PROFILE) $(ARGS)
 	$(PY) scripts/lab_report.py --out reports/lab
