@@ -1,0 +1,143 @@
+"""Issue #32: which LoRA setting wins back what int4 costs after finetuning?
+
+Each variant overrides the adapter's finetune settings (targets, rank, steps, or the LoftQ-style
+start of studies/loftq_init.py), then trains it twice with the same data and seed: on the
+dequantized int4 checkpoint that ships and on the float model (the float_lora stage's reference).
+Both are scored in PyTorch (evaluate's `quantized_base_torch` equals the ONNX build's loss to 1e-5)
+on the split's eval rows and on held-out text the pipeline never sees (a licence text: an adapter
+must not buy its split with general text). The gap is int4 + LoRA over float + the same LoRA.
+
+With --decode, no training: what each variant's adapter costs at decode on this CPU. One int4 build
+with LoRA inputs on every projection any variant targets (the shipped accuracy level), a random-valued
+adapter of each variant's shape (its cost does not depend on the values), base and every adapter in
+the benchmark's paired rounds.
+
+Not a DVC stage: `python studies/lora_variants.py --variant all_linear` after `make repro`; each
+variant's record is merged into reports/lora_variants.json (by split and variant name).
+"""
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import click
+import torch
+
+from ondevice import finetune
+from ondevice import params as P
+from ondevice.atomic import UserError, write_json
+from ondevice.cli import params_option, stage
+from ondevice.data import read_jsonl
+from ondevice.measure.evaluate import encode_rows, torch_loss
+
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VARIANTS = {  # name -> finetune overrides ("init": a LoRA start other than peft's default)
+    "default": {},
+    "residual_svd": {"init": "residual_svd"},
+    "qkvo": {"target_modules": LINEAR[:4]},
+    "all_linear": {"target_modules": LINEAR},
+    "r64": {"r": 64, "alpha": 128},
+    "steps200": {"max_steps": 200},
+    "lr1e-3": {"lr": 0.001},
+}
+
+
+def held_out_rows(tokenizer, path: Path, width: int = 256, rows: int = 16) -> list[dict]:
+    ids = tokenizer(path.read_text())["input_ids"]
+    starts = range(0, min(len(ids), width * rows), width)
+    return [{"input_ids": ids[i:i + width], "labels": ids[i:i + width]} for i in starts]
+
+
+def trained_losses(base: Path, tokenizer, rows, cfg: dict, scored: dict, float_base: bool, init) -> dict:
+    plain = finetune.lora_model
+    finetune.lora_model = init or plain
+    try:
+        model, _, summary = finetune.train(base, tokenizer, rows, cfg, float_base=float_base)
+    finally:
+        finetune.lora_model = plain
+    model.eval()
+    with torch.no_grad():
+        losses = {split: torch_loss(model, ex)["loss"] for split, ex in scored.items()}
+    return {**losses, "train_loss_last": summary["train_loss_last"], "seconds": summary["seconds"]}
+
+
+def decode_costs(params: dict, configs: dict, tmp: Path) -> dict:
+    """{variant: adapter config} -> the benchmark's paired decode: base and each variant's adapter."""
+    from ondevice.child import in_child
+    from ondevice.export.build import optimize
+    from ondevice.export.onnx_lora import export_adapter
+    from ondevice.measure.engines import paired_decode
+    from ondevice.measure.onnx_scoring import level_record
+
+    targets = sorted({t for c in configs.values() for t in c["target_modules"]})
+    level = level_record(Path("models/onnx"))["accuracy_level"]
+    onnx = tmp / "onnx"
+    onnx.mkdir()
+    optimize(Path("models/quantized"), onnx, {**params["optimize"], "lora_targets": targets,
+                                              "int4_accuracy_level": level}, tmp / "work")
+    adapters = {}
+    for variant, cfg in configs.items():
+        model = finetune.lora_model(finetune.load_float(Path("models/base")), cfg)
+        with torch.no_grad():  # peft starts B at zero; a zero adapter would still run every product
+            for name, q in model.named_parameters():
+                if "lora_B" in name:
+                    q.normal_(0, 0.01)
+        model.save_pretrained(tmp / variant)
+        export_adapter(tmp / variant, onnx, tmp / f"{variant}.onnx_adapter")
+        adapters[variant] = str(tmp / f"{variant}.onnx_adapter")
+    speeds = in_child(paired_decode, onnx_dir=str(onnx), adapters=adapters, b=params["benchmark"])
+    return {"lora_targets_built": targets, "accuracy_level": level,
+            "base_decode_tok_s": speeds["base_decode_tok_s"],
+            **{v: {"decode_tok_s": speeds[f"{v}_decode_tok_s"], "cost_pct": speeds[f"{v}_cost_pct"]} for v in configs}}
+
+
+@click.command()
+@params_option
+@click.option("--adapter", "name", default="travel", show_default=True)
+@click.option("--variant", "variants", multiple=True, required=True, type=click.Choice(list(VARIANTS)))
+@click.option("--held-out", default="/usr/share/common-licenses/GPL-3", show_default=True, type=click.Path())
+@click.option("--decode", is_flag=True, help="no training: each variant's adapter cost at decode on this CPU")
+@click.option("--out", default="reports/lora_variants.json", show_default=True)
+@stage
+def main(params_path, name, variants, held_out, decode, out):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(held_out).is_file():
+        raise UserError(f"{held_out} missing; pass --held-out with any plain-text file the pipeline never saw")
+    params = P.load(params_path)
+    cfg = P.adapter_config(params, name)
+    tokenizer = AutoTokenizer.from_pretrained("models/base")
+    rows = read_jsonl(Path(f"data/prepared/{name}/train.jsonl"))
+    eval_rows = read_jsonl(Path(f"data/prepared/{name}/eval.jsonl"))[: params["evaluate"]["max_rows"]]
+    scored = {"eval": encode_rows(tokenizer, cfg["template"], eval_rows, cfg["seq_len"]),
+              "held_out": held_out_rows(tokenizer, Path(held_out))}
+    report = json.loads(Path(out).read_text()) if Path(out).exists() else {}
+    if decode:
+        configs = {v: P.AdapterConfig.model_validate({**cfg, **{k: x for k, x in VARIANTS[v].items() if k != "init"},
+                                                       "name": name}).model_dump() for v in variants}
+        with tempfile.TemporaryDirectory() as tmp:
+            report["cpu_decode"] = decode_costs(params, configs, Path(tmp))
+        write_json(out, report)
+        click.echo(json.dumps(report["cpu_decode"]))
+        return
+    for variant in variants:
+        changes = dict(VARIANTS[variant])
+        init = None
+        if changes.pop("init", None) == "residual_svd":
+            from loftq_init import residual_init
+
+            init = residual_init(AutoModelForCausalLM.from_pretrained("models/base", dtype=torch.float32).state_dict())
+        vcfg = P.AdapterConfig.model_validate({**cfg, **changes, "name": name}).model_dump()
+        record = {"changes": changes, "init": VARIANTS[variant].get("init", "peft_default"),
+                  "int4": trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init),
+                  "float": trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True, None)}
+        for split in scored:
+            record[f"{split}_gap_pct"] = round(100 * (math.exp(record["int4"][split] - record["float"][split]) - 1), 2)
+        report.setdefault(name, {})[variant] = record
+        write_json(out, report)  # after every variant: a long run keeps what it measured
+        click.echo(f"{name} {variant}: int4 {record['int4']['eval']:.5f} float {record['float']['eval']:.5f} "
+                   f"gap {record['eval_gap_pct']} % (held-out {record['held_out_gap_pct']} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""studies/lora_variants.py: the study behind docs/awq.md's LoRA variants table, run on the tiny model."""
+import json
+import math
+import subprocess
+import sys
+
+from conftest import ROOT, write_params
+
+
+def test_each_variant_trains_on_int4_and_float_and_reports_the_gap(tiny_dir, quantized_dir, rows, tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/quantized").symlink_to(quantized_dir)
+    (tmp_path / "models/base").symlink_to(tiny_dir)
+    for part, chunk in (("train", rows[:24]), ("eval", rows[24:30])):
+        (tmp_path / "data/prepared/travel").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"data/prepared/travel/{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
+    write_params(tmp_path / "params.yaml", {"finetune.max_steps": 2, "finetune.batch_size": 4, "finetune.seq_len": 96,
+                                            "evaluate.max_rows": 6})
+    proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
+                           "--variant", "default", "--variant", "qkvo", "--held-out", str(ROOT / "README.md")],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "reports/lora_variants.json").read_text())["travel"]
+    default, qkvo = report["default"], report["qkvo"]
+    assert qkvo["changes"] == {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]} and default["changes"] == {}
+    for record in (default, qkvo):
+        for split in ("eval", "held_out"):  # the gap is int4 + LoRA over float + the same LoRA, in perplexity
+            gap = 100 * (math.exp(record["int4"][split] - record["float"][split]) - 1)
+            assert record[f"{split}_gap_pct"] == round(gap, 2)
+        assert record["int4"]["eval"] != record["float"]["eval"]  # two trainings, two bases
+    assert qkvo["int4"]["eval"] != default["int4"]["eval"]  # more targets, another adapter
+
+
+def test_a_missing_held_out_text_fails_in_one_line(tmp_path):
+    write_params(tmp_path / "params.yaml")
+    proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
+                           "--variant", "default", "--held-out", "nowhere.txt"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "nowhere.txt missing" in proc.stderr and "Traceback" not in proc.stderr
