@@ -3,3 +3,5 @@
 cp -a .gpu/p4/* /root/w/ && . reports/gpu_h200_lora_kernels/setup.sh
 PYTHONPATH=/tmp/ort python3 $D/micro.py 3 | tee $OUT/micro.jsonl   # onnxruntime's kernels for each layout
 python3 $D/fused.py | tee $OUT/fused.jsonl                          # hand-written kernels (CuPy, the image's own)
+# The custom op in the full model: run_custom.sh (its own call, after the same four carrying calls; .gpu/p0 also
+# holds the onnxruntime C API headers, ortinc/, from yalue/onnxruntime_go's vendored copy, API version 29).
