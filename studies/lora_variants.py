@@ -21,11 +21,12 @@ import tempfile
 from pathlib import Path
 
 import click
+import held_out
 import torch
 
 from ondevice import finetune
 from ondevice import params as P
-from ondevice.atomic import UserError, write_json
+from ondevice.atomic import write_json
 from ondevice.cli import params_option, stage
 from ondevice.data import read_jsonl
 from ondevice.measure.evaluate import encode_rows, torch_loss
@@ -42,10 +43,13 @@ VARIANTS = {  # name -> finetune overrides ("init": a LoRA start other than peft
 }
 
 
-def held_out_rows(tokenizer, path: Path, width: int = 256, rows: int = 16) -> list[dict]:
-    ids = tokenizer(path.read_text())["input_ids"]
-    starts = range(0, min(len(ids), width * rows), width)
-    return [{"input_ids": ids[i:i + width], "labels": ids[i:i + width]} for i in starts]
+def overrides(variant: str) -> dict:
+    """The variant's finetune settings (its LoRA start aside)."""
+    return {k: v for k, v in VARIANTS[variant].items() if k != "init"}
+
+
+def variant_config(cfg: dict, name: str, variant: str) -> dict:
+    return P.AdapterConfig.model_validate({**cfg, **overrides(variant), "name": name}).model_dump()
 
 
 def trained_losses(base: Path, tokenizer, rows, cfg: dict, scored: dict, float_base: bool, init) -> dict:
@@ -95,40 +99,38 @@ def decode_costs(params: dict, configs: dict, tmp: Path) -> dict:
 @params_option
 @click.option("--adapter", "name", default="travel", show_default=True)
 @click.option("--variant", "variants", multiple=True, required=True, type=click.Choice(list(VARIANTS)))
-@click.option("--held-out", default="/usr/share/common-licenses/GPL-3", show_default=True, type=click.Path())
+@click.option("--held-out", "held_out_path", default=held_out.DEFAULT, show_default=True, type=click.Path())
 @click.option("--decode", is_flag=True, help="no training: each variant's adapter cost at decode on this CPU")
 @click.option("--out", default="reports/lora_variants.json", show_default=True)
 @stage
-def main(params_path, name, variants, held_out, decode, out):
+def main(params_path, name, variants, held_out_path, decode, out):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(held_out).is_file():
-        raise UserError(f"{held_out} missing; pass --held-out with any plain-text file the pipeline never saw")
+    held_out.require(held_out_path)
     params = P.load(params_path)
     cfg = P.adapter_config(params, name)
-    tokenizer = AutoTokenizer.from_pretrained("models/base")
-    rows = read_jsonl(Path(f"data/prepared/{name}/train.jsonl"))
-    eval_rows = read_jsonl(Path(f"data/prepared/{name}/eval.jsonl"))[: params["evaluate"]["max_rows"]]
-    scored = {"eval": encode_rows(tokenizer, cfg["template"], eval_rows, cfg["seq_len"]),
-              "held_out": held_out_rows(tokenizer, Path(held_out))}
     report = json.loads(Path(out).read_text()) if Path(out).exists() else {}
-    if decode:
-        configs = {v: P.AdapterConfig.model_validate({**cfg, **{k: x for k, x in VARIANTS[v].items() if k != "init"},
-                                                       "name": name}).model_dump() for v in variants}
+    if decode:  # no training, no scoring: only each variant's shape matters
         with tempfile.TemporaryDirectory() as tmp:
+            configs = {v: variant_config(cfg, name, v) for v in variants}
             report["cpu_decode"] = decode_costs(params, configs, Path(tmp))
         write_json(out, report)
         click.echo(json.dumps(report["cpu_decode"]))
         return
+    tokenizer = AutoTokenizer.from_pretrained("models/base")
+    rows = read_jsonl(Path(f"data/prepared/{name}/train.jsonl"))
+    eval_rows = read_jsonl(Path(f"data/prepared/{name}/eval.jsonl"))[: params["evaluate"]["max_rows"]]
+    scored = {"eval": encode_rows(tokenizer, cfg["template"], eval_rows, cfg["seq_len"]),
+              "held_out": held_out.held_out_rows(tokenizer, held_out_path, rows=16)}
     for variant in variants:
-        changes = dict(VARIANTS[variant])
         init = None
-        if changes.pop("init", None) == "residual_svd":
+        if VARIANTS[variant].get("init") == "residual_svd":
             from loftq_init import residual_init
 
             init = residual_init(AutoModelForCausalLM.from_pretrained("models/base", dtype=torch.float32).state_dict())
-        vcfg = P.AdapterConfig.model_validate({**cfg, **changes, "name": name}).model_dump()
-        record = {"changes": changes, "init": VARIANTS[variant].get("init", "peft_default"),
+        vcfg = variant_config(cfg, name, variant)
+        record = {"changes": overrides(variant),
+                  "init": VARIANTS[variant].get("init", "peft_default"),
                   "int4": trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init),
                   "float": trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True, None)}
         for split in scored:

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import click
+import held_out
 import yaml
 
 from ondevice import params as P
-from ondevice.atomic import UserError
 from ondevice.checkpoint import load_dequantized
 from ondevice.child import in_child
 from ondevice.cli import params_option, stage
@@ -37,7 +37,7 @@ from ondevice.quantize import bits_per_weight, calibration_for, quantize
 @click.option("--base", default="models/base", show_default=True)
 @click.option("--shipped", default="models/quantized", show_default=True)
 @click.option("--prepared", default="data/prepared", show_default=True)
-@click.option("--held-out", default="/usr/share/common-licenses/GPL-3", show_default=True)
+@click.option("--held-out", "held_out_path", default=held_out.DEFAULT, show_default=True)
 @click.option("--onnx", "shipped_onnx", default="models/onnx", show_default=True,
               help="the shipped build: its accuracy level is the one every variant is built at")
 @click.option("--decode/--no-decode", default=True, show_default=True,
@@ -45,11 +45,10 @@ from ondevice.quantize import bits_per_weight, calibration_for, quantize
 @click.option("--rounds", default=3, show_default=True, help="decode passes over all variants; medians reported")
 @click.option("--out", default="reports/quant_variants.jsonl", show_default=True)
 @stage
-def main(params_path, variants, base, shipped, prepared, held_out, shipped_onnx, decode, rounds, out):
+def main(params_path, variants, base, shipped, prepared, held_out_path, shipped_onnx, decode, rounds, out):
     params = P.load(params_path)
     split = params["quantize"]["calibration"]
-    if not Path(held_out).is_file():
-        raise UserError(f"{held_out} missing; pass --held-out with any plain-text file the pipeline never saw")
+    held_out.require(held_out_path)
     overrides = {v: {k: yaml.safe_load(x) for k, x in (kv.split("=", 1) for kv in v.split())} for v in variants}
     for changes in overrides.values():
         P.validate({**params, "quantize": {**params["quantize"], **changes}})  # one line per bad key, before work
@@ -59,8 +58,7 @@ def main(params_path, variants, base, shipped, prepared, held_out, shipped_onnx,
     cfg = P.adapter_config(params, split)
     rows = read_jsonl(Path(prepared) / split / "eval.jsonl")[: params["evaluate"]["max_rows"]]
     eval_split = encode_rows(tokenizer, cfg["template"], rows, cfg["seq_len"])
-    ids = tokenizer(Path(held_out).read_text())["input_ids"]
-    text = [{"input_ids": ids[i:i + 256], "labels": ids[i:i + 256]} for i in range(0, min(len(ids), 256 * 24), 256)]
+    text = held_out.held_out_rows(tokenizer, held_out_path, rows=24)
     level = level_record(Path(shipped_onnx))["accuracy_level"] if decode else None
     records, builds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +75,7 @@ def main(params_path, variants, base, shipped, prepared, held_out, shipped_onnx,
             model = load_dequantized(folder)
             records[name] = {"variant": name, "quantize_s": seconds, "calibration_tokens": tokens,
                              f"{split}_eval": torch_loss(model, eval_split),
-                             "held_out": {**torch_loss(model, text), "file": held_out},
+                             "held_out": {**torch_loss(model, text), "file": held_out_path},
                              "bits_per_weight": bits_per_weight(folder)}
             if decode:  # the ONNX model this checkpoint ships as, at the shipped level
                 onnx = builds[name] = Path(tmp) / f"onnx{len(builds)}"
