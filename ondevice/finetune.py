@@ -45,13 +45,26 @@ def lora_model(base, p: dict):
     return get_peft_model(base, config)
 
 
-def batches(examples: list[dict], batch_size: int, seed: int):
-    """Endless shuffled epochs, reproducible from the seed."""
+def batches(examples: list[dict], batch_size: int, seed: int, length_windows: int = 0):
+    """Endless shuffled epochs, reproducible from the seed; an epoch's last partial batch is dropped.
+
+    A batch is padded to its longest row. With length_windows = N, each epoch's shuffled rows are
+    sorted by length inside windows of N batches and the batches are shuffled again: rows of like
+    length share a batch (garden's padding 44 % -> 6 % at N = 8) and every epoch still mixes new ones.
+    """
     rng = random.Random(seed)
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+        if len(order) >= batch_size:  # drop before sorting, so the rows left out are random, not the longest
+            order = order[:len(order) - len(order) % batch_size]
+        starts = list(range(0, len(order), batch_size))
+        if length_windows:
+            window = length_windows * batch_size
+            order = [j for w in range(0, len(order), window)
+                     for j in sorted(order[w:w + window], key=lambda j: len(examples[j]["input_ids"]))]
+            rng.shuffle(starts)
+        for i in starts:
             yield [examples[j] for j in order[i:i + batch_size]]
 
 
@@ -104,7 +117,7 @@ def train(base_dir, tokenizer, train_rows: list[dict], p: dict, log=None,
         return p["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     history, t0 = [], time.perf_counter()
-    data = batches(examples, p["batch_size"], p["seed"])
+    data = batches(examples, p["batch_size"], p["seed"], p["length_windows"])
     bar = tqdm(range(p["max_steps"]), desc="LoRA", unit="step")
     for step in bar:
         batch = {k: v.to(device) for k, v in collate(next(data), pad).items()}

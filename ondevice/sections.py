@@ -84,6 +84,7 @@ class Finetune(Section):
     template: str
     device: Device
     cpu_bf16: Literal["auto"] | bool
+    length_windows: Annotated[int, span(0, 1000)]
 
 
 class Optimize(Section):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import LORA, ROOT
-from ondevice.finetune import train
+from ondevice.finetune import batches, train
 from onnx_int4 import dequantize_matmulnbits
 
 
@@ -38,6 +38,34 @@ def test_loss_goes_down_and_is_logged_per_step(trained):
 def test_same_seed_same_result(quantized_dir, tokenizer, rows, trained):
     _, history, _ = train(quantized_dir, tokenizer, rows, LORA)[:3]
     assert [h["loss"] for h in history] == [h["loss"] for h in trained[1]]
+
+
+def _epochs(examples, length_windows, n_batches):
+    it = batches(examples, 4, 0, length_windows)
+    return [[e["i"] for e in next(it)] for _ in range(n_batches)]
+
+
+def test_length_windows_cut_padding_keep_every_epoch_whole_and_off_means_the_old_order():
+    import random
+
+    rng = random.Random(1)
+    examples = [{"i": i, "input_ids": [0] * rng.randint(5, 200)} for i in range(42)]  # 10 batches of 4, 2 left out
+    plain, grouped = _epochs(examples, 0, 20), _epochs(examples, 5, 20)
+
+    def padding(run):
+        return sum(4 * max(len(examples[i]["input_ids"]) for i in b) - sum(len(examples[i]["input_ids"]) for i in b)
+                   for b in run)
+
+    assert padding(grouped) < padding(plain) / 3
+    for run in (plain, grouped):  # an epoch is 10 whole batches of distinct rows; the 2 left out change
+        for epoch in (run[:10], run[10:]):
+            rows = [i for b in epoch for i in b]
+            assert all(len(b) == 4 for b in epoch) and len(set(rows)) == 40
+    assert grouped[:10] != grouped[10:]
+    # 0 is the order every committed adapter was trained in: shuffled rows cut in turn
+    order = list(range(42))
+    random.Random(0).shuffle(order)
+    assert plain[:10] == [order[k:k + 4] for k in range(0, 40, 4)]
 
 
 def test_custom_template(quantized_dir, tokenizer, rows):

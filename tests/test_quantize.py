@@ -55,6 +55,27 @@ def test_gptq_in_blocks_rounds_exactly_as_column_by_column(monkeypatch):
     assert torch.equal(blocked, G.gptq_round(w, gram, scales, zeros, quantizer, damp=0.1))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_gptq_on_a_gpu_replays_one_graph_per_block_with_the_eager_result(monkeypatch):
+    """#28: on a GPU each full block is one CUDA graph replay (the tail block runs eagerly), captured
+    once per shape and replayed on the next weights; the same kernels on the same inputs, so the same
+    weights bit for bit, with the head's fixed weights too."""
+    torch.manual_seed(1)
+    x = torch.randn(600, 320, device="cuda") @ torch.randn(320, 320, device="cuda") * 0.2
+    gram = x.T @ x / x.shape[0]
+    quantizer = WeightQuantizer(bits=4, symmetric=False, group_size=32)
+    cases, captured = [], len(G._GRAPHS)
+    for w in (torch.randn(40, 320, device="cuda"), torch.randn(40, 320, device="cuda") * 3):  # 2nd: a replay
+        scales, zeros = quantizer.find_qparams(w)
+        for fixed in (None, torch.rand(w.shape, device="cuda") < 0.05):
+            cases.append(((w, gram, scales, zeros, quantizer, 0.1, fixed),
+                          G.gptq_round(w, gram, scales, zeros, quantizer, 0.1, fixed=fixed)))
+    assert len(G._GRAPHS) - captured == 2  # with and without fixed weights: two captures, not four
+    monkeypatch.setattr(G, "graphed_block", lambda *a: None)  # every block through the eager loop
+    for (w, gram, scales, zeros, quantizer, damp, fixed), graphed in cases:
+        assert torch.equal(graphed, G.gptq_round(w, gram, scales, zeros, quantizer, damp, fixed=fixed))
+
+
 def test_scale_folding_keeps_the_float_layer_identical(tiny_dir, calib):
     """AWQ's scales are folded into the previous op: before rounding, the layer computes the same."""
     from olive.common.hf.wrapper import ModelWrapper

@@ -182,7 +182,7 @@ def quantize(float_dir: Path, out_dir: Path, q: dict, calib: torch.Tensor, work:
     copy_tokenizer(float_dir, out_dir)
     # rtn stays calibration-free (the reference stage's baseline): its head is rounded to nearest
     head_gram = head_input_gram(out_dir, calib, device) if q["head_gptq"] and algo != "rtn" else None
-    round_head(out_dir, q["head_block_size"], head_gram, q["head_gptq_damp"])
+    round_head(out_dir, q["head_block_size"], head_gram, q["head_gptq_damp"], device)
     seconds = time.perf_counter() - t0
     config = json.loads((out_dir / "config.json").read_text())
     config["quantization_config"]["algorithm"] = algo  # provenance, read by evaluate/register

@@ -64,9 +64,11 @@ def head_input_gram(folder: Path, calib: torch.Tensor, device: str) -> torch.Ten
     return (x.T @ x / x.shape[0]).cpu()
 
 
-def round_head(folder: Path, block_size: int, gram: torch.Tensor | None = None, damp: float = 0.0) -> None:
+def round_head(folder: Path, block_size: int, gram: torch.Tensor | None = None, damp: float = 0.0,
+               device: str = "cpu") -> None:
     """Put the float embedding / lm_head of `folder` on the int4 grid the ONNX builder will give it:
-    to nearest, or (gram given) the tensor that computes the logits by GPTQ on that grid."""
+    to nearest, or (gram given) the tensor that computes the logits by GPTQ on that grid, on `device`
+    (quantize's: Phi-3.5's 32,064 x 3,072 head took 22.6 s on a 16-core host, 1.0 s on an H200, bit-equal)."""
     from safetensors.torch import load_file, save_file
 
     path = folder / "model.safetensors"
@@ -75,7 +77,7 @@ def round_head(folder: Path, block_size: int, gram: torch.Tensor | None = None, 
     for name in (EMBED, LM_HEAD):
         if name in tensors and tensors[name].shape[1] % block_size == 0:
             if gram is not None and name == head:
-                tensors[name] = head_gptq(tensors[name], gram, block_size, damp).contiguous()
+                tensors[name] = head_gptq(tensors[name].to(device), gram, block_size, damp).cpu().contiguous()
             else:
                 tensors[name] = ort_int4_fake_quant(tensors[name], block_size).contiguous()
     save_file(tensors, path, metadata={"format": "pt"})
