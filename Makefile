@@ -33,7 +33,7 @@ repro:  ## run the pipeline (`dvc repro`); reruns only what changed; stage times
 plots:  ## dvc plots show, viewable offline (vendored vega, .dvc/plots/offline) -> dvc_plots/index.html
 	$(BIN)/dvc plots show $(ARGS)
 
-test:  ## the default test suite (CI runs this; under ~20 min on 2 cores)
+test:  ## the default test suite (CI runs this; about 12 min on 2 cores)
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q $(ARGS)
 
 test-all:  ## every test, the slow end-to-end ones too
@@ -84,8 +84,9 @@ GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S fi
 repro-full:  ## the default pipeline plus onnxruntime's per-node decode profile (benchmark.profile), as an experiment
 	PATH=$(BIN):$$PATH $(BIN)/dvc exp run -S benchmark.profile=true $(ARGS)
 
-repro-gpu:  ## the whole pipeline on one CUDA GPU (Phi-3.5-mini-shaped; ARGS adds or overrides -S)
-	PATH=$(BIN):$$PATH $(BIN)/dvc exp run $(GPU_PROFILE) $(ARGS)
+repro-gpu:  ## the whole pipeline on one CUDA GPU (Phi-3.5-mini-shaped; ARGS adds or overrides -S), each stage timed -> reports/gpu/
+	PATH=$(BIN):$$PATH $(PY) scripts/timed_repro.py --exp --metrics reports/gpu/repro.json \
+	  --stages reports/gpu/stage_seconds.json $(GPU_PROFILE) $(ARGS)
 
 # The Olive lab's product at its own scale (README "The lab at its own scale"): Phi-3.5-mini-shaped,
 # AWQ and LoRA on the GPU, built, evaluated and benchmarked for the CPU, llama.cpp Q4_0 / Q4_K_M of the

@@ -3,17 +3,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from pathlib import Path
+
+_EOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its end-of-turn token
 
 
 def eos_token(tokenizer) -> str:
-    """The token that ends an assistant turn: <|im_end|> for ChatML models, else the tokenizer's eos."""
-    vocab = tokenizer.get_vocab()
+    """The token that ends an assistant turn: <|im_end|> for ChatML models, else the tokenizer's eos.
+    Kept per tokenizer (and its template): get_vocab() builds a dict of the whole vocabulary, 24 ms a
+    call, and every chat row asks (7.6 of the data stage's 17 s on 322 rows)."""
     template = tokenizer.chat_template or ""
-    for tok in ("<|im_end|>", "<|end|>", "<|eot_id|>"):
-        if tok in vocab and tok in template:
-            return tok
-    return tokenizer.eos_token
+    known = _EOS.get(tokenizer)
+    if known is None or known[0] != template:
+        vocab = tokenizer.get_vocab()
+        ends = [tok for tok in ("<|im_end|>", "<|end|>", "<|eot_id|>") if tok in vocab and tok in template]
+        known = _EOS[tokenizer] = (template, ends[0] if ends else None)
+    return known[1] or tokenizer.eos_token
 
 
 def normalize_tokenizer(folder: Path) -> None:

@@ -25,7 +25,7 @@ def test_gram_error_equals_direct_output_error():
     w_q = WeightQuantizer(bits=4, symmetric=False, group_size=32).fake_quantize(w)
     gram = x.T @ x / x.shape[0]
     direct = ((x @ w_q.T - x @ w.T) ** 2).sum(1).mean().item()
-    assert A.output_error(w_q, w, gram) == pytest.approx(direct, rel=1e-4)
+    assert float(A.output_error(w_q, w, gram)) == pytest.approx(direct, rel=1e-4)
 
 
 def test_gptq_rounding_stays_on_the_grid_and_cuts_the_output_error():

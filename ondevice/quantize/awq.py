@@ -56,11 +56,12 @@ def _fake_quant(w: torch.Tensor, quantizer: WeightQuantizer) -> torch.Tensor:
     return quantizer.fake_quantize(w.float())
 
 
-def output_error(w_q: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> float:
+def output_error(w_q: torch.Tensor, w: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """Mean squared output error of x @ w_q.T vs x @ w.T over the calibration tokens, via the
-    Gram matrix H = X^T X / n:  trace(D H D^T) with D = w_q - w. Exact, and independent of n."""
+    Gram matrix H = X^T X / n:  trace(D H D^T) with D = w_q - w. Exact, and independent of n.
+    A 0-d tensor on w's device: reading it waits for the device, so callers read once per search."""
     d = (w_q - w.float())
-    return (d @ gram * d).sum().item()
+    return (d @ gram * d).sum()
 
 
 @torch.no_grad()
@@ -78,7 +79,7 @@ def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer_of, gri
     w_stat = weight_magnitude(weights, quantizers[0].group_size)
     if reduce is not None:
         w_stat = reduce(w_stat)
-    best = (float("inf"), None)
+    candidates, errors = [], []
     # Both AWQ variants: s = x^a, and "duo" s = x^a / w^(1-a) (relative weight magnitude, as in
     # AutoAWQ / llm-compressor); the exact output error picks the better one per group of linears.
     for duo in (False, True):
@@ -90,11 +91,17 @@ def search_scale(gram: torch.Tensor, linears: list[nn.Linear], quantizer_of, gri
             s = s.clamp(min=1e-4)
             s = s / (s.max() * s.min()).sqrt()
             s_in = expand(s)
-            err = sum(output_error(_fake_quant(w * s_in, qz) / s_in, w, gram)
-                      for w, qz in zip(weights, quantizers, strict=True))
-            if err < best[0]:
-                best = (err, s.clone())
-    return best[1]
+            # the linears' errors added in float64 one after another, as Python's sum of floats did
+            err = torch.zeros((), dtype=torch.float64, device=s.device)
+            for w, qz in zip(weights, quantizers, strict=True):
+                err = err + output_error(_fake_quant(w * s_in, qz) / s_in, w, gram).double()
+            candidates.append(s)
+            errors.append(err)
+    # One read of the device per search: on a GPU the loop above only queues kernels, where a read
+    # per candidate waited for each in turn (29 s of quantize's 88 on an H200). argmin takes the first
+    # of equal errors, as the strict `<` of a running best did; NaN never wins.
+    best = int(torch.stack(errors).nan_to_num(nan=float("inf")).argmin())
+    return candidates[best]
 
 
 def weight_magnitude(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
