@@ -34,7 +34,7 @@ plots:  ## dvc plots show, viewable offline (vendored vega, .dvc/plots/offline) 
 	$(BIN)/dvc plots show $(ARGS)
 
 test:  ## the default test suite (CI runs this; about 12 min on 2 cores)
-	PATH=$(BIN):$$PATH $(PY) -m pytest -q $(ARGS)
+	PATH=$(BIN):$$PATH $(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-all:  ## every test, the slow end-to-end ones too
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q -m "slow or not slow" $(ARGS)
