@@ -33,7 +33,7 @@ repro:  ## run the pipeline (`dvc repro`); reruns only what changed; stage times
 plots:  ## dvc plots show, viewable offline (vendored vega, .dvc/plots/offline) -> dvc_plots/index.html
 	$(BIN)/dvc plots show $(ARGS)
 
-test:  ## the default test suite (CI runs this; about 12 min on 2 cores)
+test:  ## the default test suite (CI runs this; 8-12 min on 2 cores; prints its 15 slowest)
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-all:  ## every test, the slow end-to-end ones too
