@@ -49,10 +49,8 @@ def repo(tmp_path_factory, tiny_dir):
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     tiny = {f"{section}.{key}": v for section, values in TINY_PARAMS.items() for key, v in values.items()}
-    set_params(repo, **tiny, **{"model.source": str(tiny_dir)})
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["adapters"] = {name: params["adapters"][name] for name in ADAPTERS}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    adapters = yaml.safe_load((ROOT / "params.yaml").read_text())["adapters"]
+    set_params(repo, **tiny, **{"model.source": str(tiny_dir), "adapters": {n: adapters[n] for n in ADAPTERS}})
     env = {**os.environ, "PYTHONPATH": str(repo), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     sh("git init -q && dvc init -q && dvc config core.autostage true", repo, env)
