@@ -76,8 +76,9 @@ $(LLAMA_CONVERTER): requirements-peer.txt
 	touch $@
 
 # The GPU profile (README "GPU path"): every stage on CUDA, on a random-init model of Phi-3.5-mini's
-# exact shape; give real weights with ARGS="-S model.source=microsoft/Phi-3.5-mini-instruct".
-GPU_PROFILE := -S model.source=random:phi-3.5-mini -S quantize.device=cuda -S finetune.device=cuda \
+# exact shape, two adapters as in the Olive lab; give real weights with
+# ARGS="-S model.source=microsoft/Phi-3.5-mini-instruct".
+GPU_PROFILE := -S model.source=random:phi-3.5-mini -S '~adapters.garden' -S quantize.device=cuda -S finetune.device=cuda \
   -S finetune.batch_size=4 -S finetune.seq_len=512 -S finetune.r=64 -S finetune.alpha=128 \
   -S 'finetune.target_modules=[qkv_proj]' -S 'optimize.lora_targets=[qkv_proj]' -S optimize.provider=cuda -S optimize.auto_level_rows=8 -S evaluate.device=cuda -S evaluate.guard_rows=8 -S 'reference.algorithms=[]' \
   -S optimize.cuda_graph=true -S benchmark.builder_reference=true -S benchmark.profile=false

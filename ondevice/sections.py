@@ -113,6 +113,7 @@ class Benchmark(Section):
     warmup: Annotated[int, span(0, 20)]
     threads: Annotated[int, span(0, 256)]
     torch_baseline: bool
+    torch_runs: Annotated[int, span(1, 100)]
     switches: Annotated[int, span(1, 10000)]
     context_lengths: Annotated[list[Annotated[int, span(1, 32768)]], Field(min_length=1)]
     thread_counts: Annotated[list[Annotated[int, span(1, 256)]], Field(min_length=1)]

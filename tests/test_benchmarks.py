@@ -73,7 +73,7 @@ def two_adapters(onnx_dir, tmp_path_factory):
 
 
 def test_benchmark_stage_reports_every_metric(onnx_dir, tiny_dir, two_adapters):
-    b = dict(prompt_tokens=16, new_tokens=8, runs=1, warmup=0, threads=1, torch_baseline=True, switches=6,
+    b = dict(prompt_tokens=16, new_tokens=8, runs=1, warmup=0, threads=1, torch_baseline=True, torch_runs=1, switches=6,
              context_lengths=[16, 48], thread_counts=[1, 2], sweep_new_tokens=4, llama_cpp=False, profile=True)
     metrics, plots = run_benchmark(onnx_dir, two_adapters, tiny_dir, b)
     for engine in ("ort_int4", "ort_int4_travel", "ort_int4_cooking", "torch_fp32"):

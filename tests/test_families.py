@@ -217,3 +217,28 @@ def test_seed_client_streams_an_answer(built):
                           "Where should I go in May?"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip(), "no tokens streamed"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_batched_response_only_loss_equals_row_by_row_full_logits(family, tmp_path, tokenizer_dir, tokenizer, rows):
+    """evaluate's torch_loss (rows padded together, the head on response positions only, the head from
+    get_output_embeddings) against the plain way: one row at a time, every position's logits from the
+    forward itself (so a family whose forward does more after its head, such as a logit soft-cap, shows)."""
+    from ondevice.measure.evaluate import encode_rows, torch_loss
+    from ondevice.text import IGNORE
+
+    model = T.AutoModelForCausalLM.from_pretrained(make_family_model(family, tmp_path / family, tokenizer_dir)).eval()
+    examples = encode_rows(tokenizer, "chat", rows[:7], 96)
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # the padding is exercised
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            target = torch.tensor(e["labels"][1:])
+            keep = target != IGNORE
+            total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
+            count += int(keep.sum())
+    batched = torch_loss(model, examples, batch_rows=3)
+    assert batched["tokens"] == count
+    assert batched["loss"] == pytest.approx(total / count, abs=2e-4)
+

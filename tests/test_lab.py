@@ -41,6 +41,7 @@ def test_lab_profile_trains_on_the_gpu_and_ships_for_the_cpu(tmp_path):
 def test_gpu_profile_is_valid_params(tmp_path):
     p = profile_params("repro-gpu", tmp_path)
     assert p["optimize"]["provider"] == "cuda" and p["quantize"]["device"] == "cuda"
+    assert list(p["adapters"]) == ["travel", "cooking"]  # the lab's two, as the timed runs before
     # timed stage by stage, beside (not over) the CPU pipeline's own record
     assert "scripts/timed_repro.py --exp --metrics reports/gpu/repro.json" in make_n("repro-gpu")
 

@@ -35,7 +35,8 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
     for name, path in paths.items():
         results[f"ort_int4_{name}"] = in_child(E.onnx_decode, onnx_dir=onnx, adapter=path, adapter_name=name, b=b)
     if b["torch_baseline"]:
-        results["torch_fp32"] = in_child(E.torch_decode, model_dir=str(float_dir), b=b)
+        # a reference, not a contender: its eager generate is slow and steady, so fewer runs (torch_runs)
+        results["torch_fp32"] = in_child(E.torch_decode, model_dir=str(float_dir), b={**b, "runs": b["torch_runs"]})
     for kind, gguf in ggufs.items():
         results[f"llama_cpp_{kind.lower()}"] = in_child(E.llama_cpp_decode, gguf=gguf, b=b)
     metrics = dict(results)

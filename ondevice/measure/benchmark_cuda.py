@@ -112,7 +112,7 @@ def benchmark(onnx_dir: Path, adapters: dict[str, Path], float_dir: Path, b: dic
         metrics["builder_build_s"] = round(build_s, 1)
         metrics["base_vs_builder"] = round(base / results["builder_int4"]["decode_tok_s"], 3)
     if b["torch_baseline"]:
-        metrics["torch_bf16"] = torch_decode(str(float_dir), b, "cuda")
+        metrics["torch_bf16"] = torch_decode(str(float_dir), {**b, "runs": b["torch_runs"]}, "cuda")
         slowest = min(results[f"ort_int4_{n}"]["decode_tok_s"] for n in adapters)
         metrics["speedup_vs_torch_bf16"] = round(slowest / metrics["torch_bf16"]["decode_tok_s"], 2)
     engine_rows = {**results, **({"torch_bf16": metrics["torch_bf16"]} if "torch_bf16" in metrics else {})}

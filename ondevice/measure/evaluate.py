@@ -14,16 +14,30 @@ from ondevice.measure.onnx_scoring import OnnxScorer, mean_loss
 from ondevice.text import IGNORE, encode_example
 
 
+def _pad(seq: list[int], value: int, width: int) -> list[int]:
+    return seq + [value] * (width - len(seq))
+
+
 @torch.no_grad()
-def torch_loss(model, examples: list[dict]) -> dict:
+def torch_loss(model, examples: list[dict], batch_rows: int = 8) -> dict:
+    """Mean loss over the response tokens. Rows go through the model a few at a time, sorted by length
+    and right-padded (masked, so a row sees only itself), and the head runs on the response positions
+    only: the same loss as row by row with every position's logits, in three quarters of the time on
+    a 2-core CPU (the head is a quarter of a 135 M model's matrix work)."""
     total, count = 0.0, 0
-    for ex in examples:
-        ids = torch.tensor([ex["input_ids"]], device=model.device)
-        labels = torch.tensor([ex["labels"]], device=model.device)
-        logits = model(input_ids=ids).logits[0, :-1].float()
-        target = labels[0, 1:]
+    head = model.get_output_embeddings()  # a PEFT model hands out its base's head
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    for start in range(0, len(order), batch_rows):
+        group = [examples[i] for i in order[start:start + batch_rows]]
+        width = max(len(ex["input_ids"]) for ex in group)
+        ids = torch.tensor([_pad(ex["input_ids"], 0, width) for ex in group], device=model.device)
+        mask = torch.tensor([_pad([1] * len(ex["input_ids"]), 0, width) for ex in group], device=model.device)
+        target = torch.tensor([_pad(ex["labels"], IGNORE, width) for ex in group], device=model.device)[:, 1:]
         keep = target != IGNORE
-        total += torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum").item()
+        # logits_to_keep=1: the forward's own head runs on one position; ours on the response ones
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+        logits = head(out.hidden_states[-1][:, :-1][keep]).float()
+        total += torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum").item()
         count += int(keep.sum())
     return mean_loss(total, count)
 
