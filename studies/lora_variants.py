@@ -3,6 +3,9 @@
 Each variant overrides the adapter's finetune settings (targets, rank, steps, or the LoftQ-style
 start of studies/loftq_init.py), then trains it twice with the same data and seed: on the
 dequantized int4 checkpoint that ships and on the float model (the float_lora stage's reference).
+The `distill` variants instead train only the int4 adapter, its loss mixed with the KL divergence from
+the pipeline's own float LoRA of the split (models/float_lora/NAME: float base + that LoRA, the teacher),
+and compare it with that same float LoRA.
 Both are scored in PyTorch (evaluate's `quantized_base_torch` equals the ONNX build's loss to 1e-5)
 on the split's eval rows and on held-out text the pipeline never sees (a licence text: an adapter
 must not buy its split with general text). The gap is int4 + LoRA over float + the same LoRA.
@@ -40,29 +43,60 @@ VARIANTS = {  # name -> finetune overrides ("init": a LoRA start other than peft
     "r64": {"r": 64, "alpha": 128},
     "steps200": {"max_steps": 200},
     "lr1e-3": {"lr": 0.001},
+    "distill0.5": {"distill": 0.5},  # loss = 0.5 cross-entropy + 0.5 KL(float LoRA || int4 LoRA)
+    "distill0.9": {"distill": 0.9},
 }
+STUDY_ONLY = ("init", "distill")  # how the study trains, not finetune settings
 
 
 def overrides(variant: str) -> dict:
     """The variant's finetune settings (its LoRA start aside)."""
-    return {k: v for k, v in VARIANTS[variant].items() if k != "init"}
+    return {k: v for k, v in VARIANTS[variant].items() if k not in STUDY_ONLY}
 
 
 def variant_config(cfg: dict, name: str, variant: str) -> dict:
     return P.AdapterConfig.model_validate({**cfg, **overrides(variant), "name": name}).model_dump()
 
 
-def trained_losses(base: Path, tokenizer, rows, cfg: dict, scored: dict, float_base: bool, init) -> dict:
-    plain = finetune.lora_model
-    finetune.lora_model = init or plain
+def trained_losses(base: Path, tokenizer, rows, cfg: dict, scored: dict, float_base: bool, init,
+                   loss=None) -> dict:
+    plain, plain_loss = finetune.lora_model, finetune.response_loss
+    finetune.lora_model, finetune.response_loss = init or plain, loss or plain_loss
     try:
         model, _, summary = finetune.train(base, tokenizer, rows, cfg, float_base=float_base)
     finally:
-        finetune.lora_model = plain
+        finetune.lora_model, finetune.response_loss = plain, plain_loss
+    return {**scored_losses(model, scored), "train_loss_last": summary["train_loss_last"],
+            "seconds": summary["seconds"]}
+
+
+def scored_losses(model, scored: dict) -> dict:
     model.eval()
     with torch.no_grad():
-        losses = {split: torch_loss(model, ex)["loss"] for split, ex in scored.items()}
-    return {**losses, "train_loss_last": summary["train_loss_last"], "seconds": summary["seconds"]}
+        return {split: torch_loss(model, ex)["loss"] for split, ex in scored.items()}
+
+
+def distilled_loss(teacher, weight: float):
+    """finetune.response_loss mixed with the KL divergence of the student's next-token distribution
+    from the teacher's, on the same response positions."""
+    from ondevice.text import IGNORE
+
+    head = teacher.get_output_embeddings()
+
+    def loss(model, batch):
+        causal_lm = model.get_base_model()
+        hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+        with torch.no_grad():
+            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          output_hidden_states=True, logits_to_keep=1)
+            target = torch.log_softmax(head(out.hidden_states[-1][:, :-1][keep]).float(), -1)
+        ce = torch.nn.functional.cross_entropy(logits, labels[keep])
+        kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), target, log_target=True, reduction="batchmean")
+        return (1 - weight) * ce + weight * kl
+    return loss
 
 
 def decode_costs(params: dict, configs: dict, tmp: Path) -> dict:
@@ -129,10 +163,19 @@ def main(params_path, name, variants, held_out_path, decode, out):
 
             init = residual_init(AutoModelForCausalLM.from_pretrained("models/base", dtype=torch.float32).state_dict())
         vcfg = variant_config(cfg, name, variant)
-        record = {"changes": overrides(variant),
-                  "init": VARIANTS[variant].get("init", "peft_default"),
-                  "int4": trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init),
-                  "float": trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True, None)}
+        record = {"changes": overrides(variant), "init": VARIANTS[variant].get("init", "peft_default")}
+        if "distill" in VARIANTS[variant]:  # the teacher is the reference: the pipeline's own float LoRA
+            from peft import PeftModel
+
+            teacher = PeftModel.from_pretrained(finetune.load_float(Path("models/base")),
+                                                f"models/float_lora/{name}").eval()
+            record["distill"] = VARIANTS[variant]["distill"]
+            record["float"] = {**scored_losses(teacher, scored), "source": f"models/float_lora/{name}"}
+            loss = distilled_loss(teacher, VARIANTS[variant]["distill"])
+            record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, None, loss)
+        else:
+            record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init)
+            record["float"] = trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True, None)
         for split in scored:
             record[f"{split}_gap_pct"] = round(100 * (math.exp(record["int4"][split] - record["float"][split]) - 1), 2)
         report.setdefault(name, {})[variant] = record

@@ -37,3 +37,30 @@ def test_a_missing_held_out_text_fails_in_one_line(tmp_path):
                            "--variant", "default", "--held-out", "nowhere.txt"], cwd=tmp_path, capture_output=True,
                           text=True)
     assert proc.returncode != 0 and "nowhere.txt missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_distill_trains_int4_against_the_pipelines_float_lora(tiny_dir, quantized_dir, rows, tmp_path):
+    from ondevice import finetune
+    from ondevice import params as P
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/quantized").symlink_to(quantized_dir)
+    (tmp_path / "models/base").symlink_to(tiny_dir)
+    for part, chunk in (("train", rows[:24]), ("eval", rows[24:30])):
+        (tmp_path / "data/prepared/travel").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"data/prepared/travel/{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
+    params = write_params(tmp_path / "params.yaml", {"finetune.max_steps": 2, "finetune.batch_size": 4,
+                                                     "finetune.seq_len": 96, "evaluate.max_rows": 6})
+    # the float_lora@travel stage's output, which the distill variant takes as teacher and as reference
+    finetune.run(tiny_dir, tmp_path / "data/prepared/travel/train.jsonl", tmp_path / "models/float_lora/travel",
+                 P.adapter(P.load(params), "travel"), float_base=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
+                           "--variant", "default", "--variant", "distill0.5", "--held-out", str(ROOT / "README.md")],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "reports/lora_variants.json").read_text())["travel"]
+    default, distill = report["default"], report["distill0.5"]
+    assert distill["distill"] == 0.5 and distill["changes"] == {}
+    assert distill["float"]["source"] == "models/float_lora/travel"
+    assert distill["float"]["eval"] == default["float"]["eval"]  # the stage's float LoRA is the default's training
+    assert distill["int4"]["eval"] != default["int4"]["eval"]  # the teacher's pull changed the adapter
