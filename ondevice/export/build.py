@@ -25,23 +25,50 @@ FUSED_IN_CHECKPOINT = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_p
                        "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
 
 
-def unfused_checkpoint(quantized_dir: Path, work: Path) -> Path:
-    """The checkpoint as the builder should read it: fused int4 projections split into their parts.
+def builder_checkpoint(quantized_dir: Path, work: Path) -> Path:
+    """The checkpoint as onnxruntime-genai 0.18's builder can read it, bit for bit the same weights;
+    the quantized folder itself where it needs nothing. Two gaps of its Olive-format loader:
 
-    onnxruntime-genai 0.18's loader splits an Olive-format fused qkv_proj / gate_up_proj's packed
-    zero points at out_features // 2 rows, as if they were packed along the rows (they are packed
-    along the groups), so MatMulNBits refuses the model at load time. Rows of qweight, scales,
-    qzeros and bias all split at the same boundaries, so we split them here, bit for bit, and the
-    builder fuses q/k/v again itself. A checkpoint with nothing fused is returned as it is.
+    - Fused int4 projections (Phi-3's qkv_proj, gate_up_proj): it splits their packed zero points at
+      out_features // 2 rows, as if they were packed along the rows (they are packed along the
+      groups), so MatMulNBits refuses the model at load time. Rows of qweight, scales, qzeros and
+      bias all split at the same boundaries, so we split them here; the builder fuses q/k/v again.
+    - Symmetric checkpoints (quantize.symmetric) store no zero points, and the builder fuses q, k and
+      v by concatenating theirs (a TypeError on None). Those three get the mid-grid zero points that
+      MatMulNBits assumes where there are none (8 of 16; 128 of 256 for an 8-bit override).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
+
+    qc = quantization_config(quantized_dir)
+    with safe_open(quantized_dir / "model.safetensors", "pt") as f:  # the names only: most models need nothing
+        names = list(f.keys())
+    fused = any(f".{part}." in name for name in names for part in FUSED_IN_CHECKPOINT)
+    if not fused and not qc.get("symmetric"):
+        return quantized_dir
+    tensors = load_file(quantized_dir / "model.safetensors")
+    folder = work / "builder_input"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for item in quantized_dir.iterdir():
+        if item.is_file() and item.name != "model.safetensors":
+            shutil.copy2(item, folder / item.name)
+    hf = json.loads((folder / "config.json").read_text())
+    overrides = hf["quantization_config"].get("overrides") or {}
+    if fused:
+        tensors = _split_fused(tensors, quantized_dir, overrides)
+    if qc.get("symmetric"):
+        _add_mid_grid_zero_points(tensors, qc["bits"], overrides)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf, indent=2))
+    return folder
+
+
+def _split_fused(tensors: dict, quantized_dir: Path, overrides: dict) -> dict:
+    """Fused projections' rows split into their parts; a fused projection's 8-bit override
+    (quantize.int8_modules) now belongs to each part (`overrides` is edited in place)."""
     from transformers import AutoConfig
 
-    with safe_open(quantized_dir / "model.safetensors", "pt") as f:  # the names only: most models fuse nothing
-        if not any(f".{fused}." in name for name in f.keys() for fused in FUSED_IN_CHECKPOINT):
-            return quantized_dir
-    tensors = load_file(quantized_dir / "model.safetensors")
     config = AutoConfig.from_pretrained(quantized_dir)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
@@ -54,24 +81,28 @@ def unfused_checkpoint(quantized_dir: Path, work: Path) -> Path:
             continue
         for part, piece in zip(FUSED_IN_CHECKPOINT[fused], t.split(rows[fused], dim=0), strict=False):
             out[name.replace(fused, part)] = piece.contiguous()
-    folder = work / "builder_input"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for item in quantized_dir.iterdir():
-        if item.is_file() and item.name != "model.safetensors":
-            shutil.copy2(item, folder / item.name)
-    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
-    # A fused projection's 8-bit override (quantize.int8_modules) now belongs to each of its parts.
-    hf = json.loads((folder / "config.json").read_text())
-    overrides = hf["quantization_config"].get("overrides") or {}
     for name in list(overrides):
         fused = next((f for f in FUSED_IN_CHECKPOINT if name.endswith(f".{f}")), None)
         if fused:
             for part in FUSED_IN_CHECKPOINT[fused]:
                 overrides[name[: -len(fused)] + part] = overrides[name]
             del overrides[name]
-    (folder / "config.json").write_text(json.dumps(hf, indent=2))
-    return folder
+    return out
+
+
+def _add_mid_grid_zero_points(tensors: dict, bits: int, overrides: dict) -> None:
+    import torch
+
+    for name in [n for n in tensors if n.endswith(("self_attn.q_proj.qweight", "self_attn.k_proj.qweight",
+                                                    "self_attn.v_proj.qweight"))]:
+        module = name.removesuffix(".qweight")
+        if f"{module}.qzeros" in tensors:
+            continue
+        out, groups = tensors[f"{module}.scales"].shape
+        if overrides.get(module, {}).get("bits", bits) == 8:  # one zero point a byte
+            tensors[f"{module}.qzeros"] = torch.full((out, groups), 128, dtype=torch.uint8)
+        else:  # two 4-bit zero points a byte, packed along the groups
+            tensors[f"{module}.qzeros"] = torch.full((out, (groups + 1) // 2), 0x88, dtype=torch.uint8)
 
 
 def head_block(quantized_dir: Path) -> int:
@@ -94,7 +125,7 @@ def build_onnx(quantized_dir: Path, out_dir: Path, o: dict, cache_dir: Path) -> 
     extra = [f"block_size={head_block(quantized_dir)}", f"accuracy_level={level}"]
     if o["prune_lm_head"]:  # prefill computes the last position's logits only
         extra.append("prune_lm_head=true")
-    checkpoint = unfused_checkpoint(quantized_dir, cache_dir.parent)
+    checkpoint = builder_checkpoint(quantized_dir, cache_dir.parent)
     t0 = time.perf_counter()
     run_builder(checkpoint, out_dir, "int4", o["provider"], cache_dir, extra)
     # The builder re-saves the tokenizer through transformers; ours is the normalised one.
