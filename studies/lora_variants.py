@@ -81,7 +81,7 @@ def distilled_loss(teacher, weight: float):
     from the teacher's, on the same response positions."""
     from ondevice.text import IGNORE
 
-    head = teacher.get_output_embeddings()
+    decoder, head = teacher.get_decoder(), teacher.get_output_embeddings()
 
     def loss(model, batch):
         causal_lm = model.get_base_model()
@@ -90,9 +90,8 @@ def distilled_loss(teacher, weight: float):
         keep = labels != IGNORE
         logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
         with torch.no_grad():
-            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          output_hidden_states=True, logits_to_keep=1)
-            target = torch.log_softmax(head(out.hidden_states[-1][:, :-1][keep]).float(), -1)
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            target = torch.log_softmax(head(hidden[:, :-1][keep]).float(), -1)
         ce = torch.nn.functional.cross_entropy(logits, labels[keep])
         kl = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), target, log_target=True, reduction="batchmean")
         return (1 - weight) * ce + weight * kl

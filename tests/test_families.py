@@ -221,9 +221,10 @@ def test_seed_client_streams_an_answer(built):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_batched_response_only_loss_equals_row_by_row_full_logits(family, tmp_path, tokenizer_dir, tokenizer, rows):
-    """evaluate's torch_loss (rows padded together, the head on response positions only, the head from
-    get_output_embeddings) against the plain way: one row at a time, every position's logits from the
-    forward itself (so a family whose forward does more after its head, such as a logit soft-cap, shows)."""
+    """evaluate's torch_loss (rows padded together, get_decoder's output, the head from
+    get_output_embeddings on response positions only) against the plain way: one row at a time, every
+    position's logits from the forward itself (so a family whose forward does more after its head,
+    such as a logit soft-cap, shows)."""
     from ondevice.measure.evaluate import encode_rows, torch_loss
     from ondevice.text import IGNORE
 

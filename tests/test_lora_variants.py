@@ -7,7 +7,8 @@ import sys
 from conftest import ROOT, write_params
 
 
-def test_each_variant_trains_on_int4_and_float_and_reports_the_gap(tiny_dir, quantized_dir, rows, tmp_path):
+def study_folder(tmp_path, tiny_dir, quantized_dir, rows) -> None:
+    """What the study reads after `make repro`: the two models, the travel split and short-run params."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models/quantized").symlink_to(quantized_dir)
     (tmp_path / "models/base").symlink_to(tiny_dir)
@@ -16,6 +17,10 @@ def test_each_variant_trains_on_int4_and_float_and_reports_the_gap(tiny_dir, qua
         (tmp_path / f"data/prepared/travel/{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
     write_params(tmp_path / "params.yaml", {"finetune.max_steps": 2, "finetune.batch_size": 4, "finetune.seq_len": 96,
                                             "evaluate.max_rows": 6})
+
+
+def test_each_variant_trains_on_int4_and_float_and_reports_the_gap(tiny_dir, quantized_dir, rows, tmp_path):
+    study_folder(tmp_path, tiny_dir, quantized_dir, rows)
     proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
                            "--variant", "default", "--variant", "qkvo", "--held-out", str(ROOT / "README.md")],
                           cwd=tmp_path, capture_output=True, text=True)
@@ -43,17 +48,10 @@ def test_distill_trains_int4_against_the_pipelines_float_lora(tiny_dir, quantize
     from ondevice import finetune
     from ondevice import params as P
 
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models/quantized").symlink_to(quantized_dir)
-    (tmp_path / "models/base").symlink_to(tiny_dir)
-    for part, chunk in (("train", rows[:24]), ("eval", rows[24:30])):
-        (tmp_path / "data/prepared/travel").mkdir(parents=True, exist_ok=True)
-        (tmp_path / f"data/prepared/travel/{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk))
-    params = write_params(tmp_path / "params.yaml", {"finetune.max_steps": 2, "finetune.batch_size": 4,
-                                                     "finetune.seq_len": 96, "evaluate.max_rows": 6})
+    study_folder(tmp_path, tiny_dir, quantized_dir, rows)
     # the float_lora@travel stage's output, which the distill variant takes as teacher and as reference
     finetune.run(tiny_dir, tmp_path / "data/prepared/travel/train.jsonl", tmp_path / "models/float_lora/travel",
-                 P.adapter(P.load(params), "travel"), float_base=True)
+                 P.adapter(P.load(tmp_path / "params.yaml"), "travel"), float_base=True)
     proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
                            "--variant", "default", "--variant", "distill0.5", "--held-out", str(ROOT / "README.md")],
                           cwd=tmp_path, capture_output=True, text=True)

@@ -1,8 +1,9 @@
 #!/bin/bash
-# #28, 2026-12-04: one whole `make repro-gpu` (two adapters, every stage timed; summary.json) on the lent
-# GPU machine. The run itself was made before `start` compiled bytecode (added after it, from what the
-# run showed); `rerun` is the follow-up call of the same lease (pyc_rerun/).
-# `make repro-gpu` (the whole GPU profile through DVC, each stage timed) on the lent GPU machine:
+# #28: `make repro-gpu` (the whole GPU profile through DVC, each stage timed) on the lent GPU machine.
+# 2026-12-04's whole run (summary.json) was made before `start` compiled bytecode (added after it, from
+# what the run showed); `rerun` is the follow-up call of the same lease (pyc_rerun/). The failed run of
+# 2026-12-03 (../gpu_h200_pipeline/) used these modes too.
+# The machine:
 # one NVIDIA H200 with a 16-CPU Intel Xeon host, the image's Python 3.12 with torch 2.11 (cu130) and
 # transformers 5.17, no network. What it lacks travels in parts (a call carries at most 64 MiB):
 #   part aa..ad   onnxruntime-gpu 1.31.1 (255 MB) in 58 MiB pieces -> /root/w
