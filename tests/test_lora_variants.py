@@ -62,3 +62,16 @@ def test_distill_trains_int4_against_the_pipelines_float_lora(tiny_dir, quantize
     assert distill["float"]["source"] == "models/float_lora/travel"
     assert distill["float"]["eval"] == default["float"]["eval"]  # the stage's float LoRA is the default's training
     assert distill["int4"]["eval"] != default["int4"]["eval"]  # the teacher's pull changed the adapter
+
+
+def test_the_fewer_steps_table_is_the_committed_report():
+    """docs/awq.md's "Fewer steps" rows are reports/lora_steps.json's losses as perplexities: a rerun of
+    the study that moves a figure fails here until the table follows."""
+    report = json.loads((ROOT / "reports/lora_steps.json").read_text())["travel"]
+    docs = (ROOT / "docs/awq.md").read_text().split("**Fewer steps**")[1].split("\n\n**")[0]
+    for variant in ("default", "steps70", "steps50_lr2e-3"):
+        record = report[variant]
+        ppl = [f"{math.exp(record[side]['eval']):.2f}" for side in ("int4", "float")]
+        held = " / ".join(f"{math.exp(record[side]['held_out']):.2f}" for side in ("int4", "float"))
+        row = next(line for line in docs.splitlines() if line.startswith("|") and held in line)
+        assert all(p in row for p in ppl) and f"{record['eval_gap_pct']:.1f} %" in row, (variant, row)
