@@ -85,6 +85,7 @@ class Finetune(Section):
     device: Device
     cpu_bf16: Literal["auto"] | bool
     length_windows: Annotated[int, span(0, 1000)]
+    attention: Literal["auto", "eager", "sdpa"]
 
 
 class Optimize(Section):

@@ -25,7 +25,7 @@ QUANT = dict(algorithm="awq", group_size=32, symmetric=False, calibration_sample
 AWQ_NO_CLIP = dict(group_size=32, symmetric=False, grid=10, clip=False, clip_grid=20, clip_max_shrink=0.5,
                    gptq=False, gptq_damp=0.1)  # AwqConfig
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], lr=1e-3, max_steps=3, batch_size=4,
-            seq_len=96, seed=0, template="chat", device="cpu", cpu_bf16=False, length_windows=0)
+            seq_len=96, seed=0, template="chat", device="cpu", cpu_bf16=False, length_windows=0, attention="auto")
 OPT = dict(provider="cpu", int4_accuracy_level=0, min_top1_agreement=0.95, auto_level_rows=8,
            prune_lm_head=True, intra_op_threads=0, cuda_graph=False, lora_targets=["q_proj", "v_proj"])
 

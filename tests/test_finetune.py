@@ -101,6 +101,14 @@ def test_cpu_bf16_steps_train_in_bf16_and_keep_fp32_weights(quantized_dir, token
     assert bf16 != fp32 and bf16[0] == pytest.approx(fp32[0], abs=0.05)  # same start, bf16 rounding after
 
 
+def test_cpu_steps_take_eager_attention_which_scores_as_sdpa_does(quantized_dir, tokenizer, rows, trained):
+    """finetune.attention auto: eager on the CPU (the trained fixture), same math as SDPA to float rounding."""
+    assert trained[2]["attention"] == "eager"
+    model, history, summary = train(quantized_dir, tokenizer, rows, {**LORA, "attention": "sdpa"})
+    assert summary["attention"] == "sdpa"
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in trained[1]], abs=2e-4)
+
+
 def test_float_lora_trains_on_the_float_weights_and_evaluate_reports_int4s_gap(tiny_dir, tokenizer, rows, trained):
     """#18: the float_lora stage's LoRA sees the float model (not dequant(int4)), same data, steps and seed;
     evaluate's gap is the int4 adapter's perplexity over the float LoRA's, in %."""

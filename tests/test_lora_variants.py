@@ -64,14 +64,23 @@ def test_distill_trains_int4_against_the_pipelines_float_lora(tiny_dir, quantize
     assert distill["int4"]["eval"] != default["int4"]["eval"]  # the teacher's pull changed the adapter
 
 
-def test_the_fewer_steps_table_is_the_committed_report():
-    """docs/awq.md's "Fewer steps" rows are reports/lora_steps.json's losses as perplexities: a rerun of
-    the study that moves a figure fails here until the table follows."""
-    report = json.loads((ROOT / "reports/lora_steps.json").read_text())["travel"]
-    docs = (ROOT / "docs/awq.md").read_text().split("**Fewer steps**")[1].split("\n\n**")[0]
-    for variant in ("default", "steps70", "steps50_lr2e-3"):
+def assert_table_is_report(report_file: str, heading: str, variants: tuple[str, ...]) -> None:
+    """docs/awq.md's table under **heading**: each variant's row holds the report's eval losses as
+    perplexities, its held-out pair and its gap, so a rerun of the study that moves a figure fails here
+    until the table follows."""
+    report = json.loads((ROOT / report_file).read_text())["travel"]
+    docs = (ROOT / "docs/awq.md").read_text().split(f"**{heading}**")[1].split("\n\n**")[0]
+    for variant in variants:
         record = report[variant]
         ppl = [f"{math.exp(record[side]['eval']):.2f}" for side in ("int4", "float")]
         held = " / ".join(f"{math.exp(record[side]['held_out']):.2f}" for side in ("int4", "float"))
         row = next(line for line in docs.splitlines() if line.startswith("|") and held in line)
         assert all(p in row for p in ppl) and f"{record['eval_gap_pct']:.1f} %" in row, (variant, row)
+
+
+def test_the_fewer_steps_table_is_the_committed_report():
+    assert_table_is_report("reports/lora_steps.json", "Fewer steps", ("default", "steps70", "steps50_lr2e-3"))
+
+
+def test_the_attention_table_is_the_committed_report():
+    assert_table_is_report("reports/lora_attention.json", "Eager attention for the CPU steps", ("default", "sdpa"))

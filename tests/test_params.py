@@ -27,6 +27,7 @@ def test_shipped_params_are_valid():
     ("finetune", "r", 0, "finetune.r=0 is below the minimum 1"),
     ("finetune", "lr", 5, "finetune.lr=5 is above the maximum 1.0"),
     ("finetune", "length_windows", -1, "finetune.length_windows=-1 is below the minimum 0"),
+    ("finetune", "attention", "flash", "finetune.attention='flash' is not allowed; allowed: auto, eager, sdpa"),
     ("finetune", "target_modules", ["q_proj", "qkv"], "finetune.target_modules=['q_proj', 'qkv'] is not allowed"),
     ("finetune", "template", "Q: {prompt}", "finetune.template='Q: {prompt}' lacks a placeholder"),
     ("optimize", "provider", "tpu", "optimize.provider='tpu' is not allowed; allowed: cpu, cuda"),
