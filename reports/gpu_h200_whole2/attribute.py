@@ -7,7 +7,7 @@ that imports it first, as the benchmark stage does), with the travel adapter on 
   ours            models/onnx as shipped: AWQ int4 (asymmetric, GPTQ-rounded head) + LoRA inputs on qkv_proj
   ours_no_lora    the same graph with its 32 LoRA branches taken out (weights shared, hard links)
   builder         the builder's own default int4 CUDA build of models/base (the issue's bar)
-  builder_lora    that build + our LoRA inputs (ondevice.export.build.add_adapter_inputs)
+  builder_lora    that build + our LoRA inputs (its int4 nodes renamed as ours are, then onnx_lora.add_lora_inputs)
 
 usage: PYTHONPATH=reports/gpu_h200_whole2:$PYTHONPATH python3 reports/gpu_h200_whole2/attribute.py OUT.json
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -86,7 +87,7 @@ def main(out: Path) -> None:
     from ondevice.runtime.client import cuda_serving_path
 
     work = Path("/root/attrib")
-    os.system(f"rm -rf {work}")
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     t0 = time.time()
     branches = strip_lora(Path("models/onnx"), work / "ours_no_lora")
