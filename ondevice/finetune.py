@@ -35,6 +35,9 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # ...without its debugging aid: in that mode torch fills every new tensor with NaN before use (3,700
+    # fills a bf16 LoRA step; steps about 10 % faster without, on a 2-core EPYC). Same losses to the last bit.
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def lora_model(base, p: dict):
@@ -169,5 +172,9 @@ def run(base: Path, train_path: Path, out_dir: Path, cfg, float_base: bool = Fal
 
     model, _, summary = train(base, AutoTokenizer.from_pretrained(base), read_jsonl(train_path), cfg, log,
                               float_base=float_base)
+    # peft keeps target_modules as a set and writes it in the process's string-hash order: sorted, the
+    # same weights are the same bytes in every run, and DVC reruns nothing after a retrain that changed none
+    lora = model.peft_config["default"]
+    lora.target_modules = sorted(lora.target_modules)
     model.save_pretrained(out_dir)
     return summary

@@ -45,6 +45,7 @@ VARIANTS = {  # name -> finetune overrides ("init": a LoRA start other than peft
     "lr1e-3": {"lr": 0.001},
     "steps70": {"max_steps": 70},  # fewer steps at the shipped lr: #32's pipeline time
     "steps50_lr2e-3": {"max_steps": 50, "lr": 0.002},  # half the steps at twice the lr
+    "dropout0": {"dropout": 0.0},  # no LoRA dropout: its masks were 8 % of a CPU step (#32's pipeline time)
     "sdpa": {"attention": "sdpa"},  # torch's SDPA kernel for the CPU steps instead of eager attention (shipped)
     "distill0.5": {"distill": 0.5},  # loss = 0.5 cross-entropy + 0.5 KL(float LoRA || int4 LoRA)
     "distill0.9": {"distill": 0.9},

