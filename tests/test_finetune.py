@@ -63,17 +63,17 @@ def test_steps_keep_deterministic_kernels_without_torchs_nan_fill(quantized_dir,
     assert [h["loss"] for h in filled] == [h["loss"] for h in plain]
 
 
-def test_a_retrained_adapter_is_the_same_bytes_whatever_the_hash_seed(quantized_dir, tmp_path):
+def test_a_retrained_adapter_is_the_same_bytes_whatever_the_hash_seed(quantized_dir, rows, tmp_path):
     """peft writes target_modules from a set, in the order of the process's string hashing: the saved
     adapter_config.json (and so its DVC hash, and what reruns after it) must not depend on that."""
     import os
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from ondevice.data import write_jsonl
 
     train_path = tmp_path / "train.jsonl"
-    train_path.write_text((ROOT / "data/travel_qa.jsonl").read_text().splitlines()[0] + "\n")
+    write_jsonl(train_path, rows[:1])  # as the data stage writes its split
     cfg = {**LORA, "max_steps": 1, "batch_size": 1}
     code = ("import sys; from pathlib import Path; from ondevice.finetune import run; "
             f"run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), {cfg!r})")
