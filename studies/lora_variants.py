@@ -49,8 +49,9 @@ VARIANTS = {  # name -> finetune overrides ("init": a LoRA start other than peft
     "sdpa": {"attention": "sdpa"},  # torch's SDPA kernel for the CPU steps instead of eager attention (shipped)
     "distill0.5": {"distill": 0.5},  # loss = 0.5 cross-entropy + 0.5 KL(float LoRA || int4 LoRA)
     "distill0.9": {"distill": 0.9},
+    "compile": {"compile": True},  # each decoder layer through torch.compile (inductor), compile time counted
 }
-STUDY_ONLY = ("init", "distill")  # how the study trains, not finetune settings
+STUDY_ONLY = ("init", "distill", "compile")  # how the study trains, not finetune settings
 
 
 def overrides(variant: str) -> dict:
@@ -76,8 +77,35 @@ def trained_losses(base: Path, tokenizer, rows, cfg: dict, scored: dict, float_b
 
 def scored_losses(model, scored: dict) -> dict:
     model.eval()
-    with torch.no_grad():
+    # eager, also after the compile variant: its layers would compile again for eval (and for each KV-cache
+    # layer index), and every variant is scored by the same code
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         return {split: torch_loss(model, ex)["loss"] for split, ex in scored.items()}
+
+
+def compiled_layers(model_fn):
+    """finetune.lora_model, then every decoder layer compiled on its own ("regional" compilation: the
+    layers share one graph, so it compiles once, not 30 times)."""
+    def lora_model(base, p):
+        import torch._inductor.config
+
+        torch._inductor.config.fallback_random = True  # dropout masks from torch's own generator, as in eager
+        model = model_fn(base, p)
+        for layer in model.get_base_model().model.layers:
+            layer.compile()
+        return model
+    return lora_model
+
+
+def uncached_loss(model, batch):
+    """finetune.response_loss without the KV cache the forward builds by default: its per-layer index
+    would recompile each layer's graph (same losses to the last bit in eager, tried on 15 steps)."""
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != finetune.IGNORE
+    return torch.nn.functional.cross_entropy(causal_lm.lm_head(hidden[:, :-1][keep]).float(), labels[keep])
 
 
 def distilled_loss(teacher, weight: float):
@@ -177,8 +205,12 @@ def main(params_path, name, variants, held_out_path, decode, out):
             loss = distilled_loss(teacher, VARIANTS[variant]["distill"])
             record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, None, loss)
         else:
-            record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init)
-            record["float"] = trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True, None)
+            loss = None
+            if VARIANTS[variant].get("compile"):
+                init, loss = compiled_layers(finetune.lora_model), uncached_loss
+            record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init, loss)
+            record["float"] = trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True,
+                                             init if VARIANTS[variant].get("compile") else None, loss)
         for split in scored:
             record[f"{split}_gap_pct"] = round(100 * (math.exp(record["int4"][split] - record["float"][split]) - 1), 2)
         report.setdefault(name, {})[variant] = record

@@ -4,6 +4,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, write_params
 
 
@@ -19,13 +21,18 @@ def study_folder(tmp_path, tiny_dir, quantized_dir, rows) -> None:
                                             "evaluate.max_rows": 6})
 
 
-def test_each_variant_trains_on_int4_and_float_and_reports_the_gap(tiny_dir, quantized_dir, rows, tmp_path):
-    study_folder(tmp_path, tiny_dir, quantized_dir, rows)
+def study_report(tmp_path, *variants: str) -> dict:
+    """Run the study on these variants in tmp_path (README.md as the held-out text); its travel records."""
     proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
-                           "--variant", "default", "--variant", "qkvo", "--held-out", str(ROOT / "README.md")],
+                           *[a for v in variants for a in ("--variant", v)], "--held-out", str(ROOT / "README.md")],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "reports/lora_variants.json").read_text())["travel"]
+    return json.loads((tmp_path / "reports/lora_variants.json").read_text())["travel"]
+
+
+def test_each_variant_trains_on_int4_and_float_and_reports_the_gap(tiny_dir, quantized_dir, rows, tmp_path):
+    study_folder(tmp_path, tiny_dir, quantized_dir, rows)
+    report = study_report(tmp_path, "default", "qkvo")
     default, qkvo = report["default"], report["qkvo"]
     assert qkvo["changes"] == {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]} and default["changes"] == {}
     for record in (default, qkvo):
@@ -52,11 +59,7 @@ def test_distill_trains_int4_against_the_pipelines_float_lora(tiny_dir, quantize
     # the float_lora@travel stage's output, which the distill variant takes as teacher and as reference
     finetune.run(tiny_dir, tmp_path / "data/prepared/travel/train.jsonl", tmp_path / "models/float_lora/travel",
                  P.adapter(P.load(tmp_path / "params.yaml"), "travel"), float_base=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "studies/lora_variants.py"), "--params", "params.yaml",
-                           "--variant", "default", "--variant", "distill0.5", "--held-out", str(ROOT / "README.md")],
-                          cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "reports/lora_variants.json").read_text())["travel"]
+    report = study_report(tmp_path, "default", "distill0.5")
     default, distill = report["default"], report["distill0.5"]
     assert distill["distill"] == 0.5 and distill["changes"] == {}
     assert distill["float"]["source"] == "models/float_lora/travel"
@@ -90,3 +93,20 @@ def test_the_dropout_table_is_the_committed_reports():
     assert_table_is_report("reports/lora_attention.json", "LoRA dropout off", ("default",))  # the shipped travel row
     assert_table_is_report("reports/lora_dropout.json", "LoRA dropout off", ("dropout0",))
     assert_table_is_report("reports/lora_dropout.json", "LoRA dropout off", ("default", "dropout0"), split="cooking")
+
+
+def test_the_compile_table_is_the_committed_report():
+    assert_table_is_report("reports/lora_compile.json", "torch.compile of the LoRA steps", ("default", "compile"))
+
+
+@pytest.mark.slow  # inductor's first compile of the layers: over a minute on 2 cores
+def test_the_compile_variant_trains_the_same_adapter_as_eager(tiny_dir, quantized_dir, rows, tmp_path):
+    """Each decoder layer through torch.compile: the losses follow eager's to float rounding, and differ
+    from them, so the layers did run compiled."""
+    study_folder(tmp_path, tiny_dir, quantized_dir, rows)
+    report = study_report(tmp_path, "default", "compile")
+    default, compiled = report["default"], report["compile"]
+    for side in ("int4", "float"):
+        assert compiled[side]["train_loss_last"] == pytest.approx(default[side]["train_loss_last"], abs=2e-3), side
+        assert compiled[side]["eval"] == pytest.approx(default[side]["eval"], abs=2e-3), side
+        assert compiled[side]["eval"] != default[side]["eval"]  # compiled kernels round differently: it did compile
