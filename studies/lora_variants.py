@@ -90,22 +90,14 @@ def compiled_layers(model_fn):
         import torch._inductor.config
 
         torch._inductor.config.fallback_random = True  # dropout masks from torch's own generator, as in eager
+        # no KV cache in the training forward (finetune.response_loss leaves the config's default): its
+        # per-layer index would recompile each layer's graph; in eager the same losses to the last bit
+        base.config.use_cache = False
         model = model_fn(base, p)
         for layer in model.get_base_model().model.layers:
             layer.compile()
         return model
     return lora_model
-
-
-def uncached_loss(model, batch):
-    """finetune.response_loss without the KV cache the forward builds by default: its per-layer index
-    would recompile each layer's graph (same losses to the last bit in eager, tried on 15 steps)."""
-    causal_lm = model.get_base_model()
-    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != finetune.IGNORE
-    return torch.nn.functional.cross_entropy(causal_lm.lm_head(hidden[:, :-1][keep]).float(), labels[keep])
 
 
 def distilled_loss(teacher, weight: float):
@@ -205,12 +197,11 @@ def main(params_path, name, variants, held_out_path, decode, out):
             loss = distilled_loss(teacher, VARIANTS[variant]["distill"])
             record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, None, loss)
         else:
-            loss = None
+            float_init = None
             if VARIANTS[variant].get("compile"):
-                init, loss = compiled_layers(finetune.lora_model), uncached_loss
-            record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init, loss)
-            record["float"] = trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True,
-                                             init if VARIANTS[variant].get("compile") else None, loss)
+                init = float_init = compiled_layers(finetune.lora_model)
+            record["int4"] = trained_losses(Path("models/quantized"), tokenizer, rows, vcfg, scored, False, init)
+            record["float"] = trained_losses(Path("models/base"), tokenizer, rows, vcfg, scored, True, float_init)
         for split in scored:
             record[f"{split}_gap_pct"] = round(100 * (math.exp(record["int4"][split] - record["float"][split]) - 1), 2)
         report.setdefault(name, {})[variant] = record
