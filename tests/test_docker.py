@@ -69,7 +69,7 @@ def test_the_image_runs_the_checkout_with_its_own_python():
 
 def make_n(*args: str) -> str:
     out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), *args], capture_output=True, text=True,
-                         env={**os.environ, "MAKEFLAGS": ""})
+                         env={**os.environ, "MAKEFLAGS": "", "PODMAN_STORAGE": ""})  # the caller's storage choice
     assert out.returncode == 0, out.stderr
     return re.sub(r"\s+", " ", out.stdout)
 
